@@ -1,0 +1,100 @@
+"""Command line: ``seamline serve | check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load
+from .logs import configure, get_logger
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seamline", description=__doc__)
+    p.add_argument("--version", action="version", version=f"seamline {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", default="config.toml", help="TOML config file")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path")
+    return p
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"seamline: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one; each stream holds two sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+async def _serve(config: Config, host: str | None, port: int | None) -> None:
+    from .app import start  # imported late: check-config must not need aiohttp started
+
+    log = get_logger("seamline")
+    runner = await start(config, host, port)
+    for addr in runner.addresses:
+        h, p = addr[0], addr[1]
+        print(f"seamline listening on http://{h}:{p}/v1", file=sys.stderr, flush=True)
+    print("accounts: " + ", ".join(a.name for a in config.accounts), file=sys.stderr, flush=True)
+    if not config.server.api_keys:
+        log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        config = _load_or_exit(args.path)
+        print(f"{args.path}: ok ({len(config.accounts)} account(s))")
+        return 0
+    configure()
+    config = _load_or_exit(args.config)
+    raise_open_file_limit()
+    try:
+        _run(_serve(config, args.host, args.port))
+    except OSError as exc:
+        print(f"seamline: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""TOML configuration -> frozen dataclasses; every error names the file and the key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config problem, already worded as one line: ``file: key: problem``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Upstream timeouts in seconds; 0 means none."""
+
+    connect: float = 10.0
+    headers: float = 300.0
+    idle: float = 300.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_event_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    name: str
+    base_url: str
+    api_key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    server: ServerConfig
+    timeouts: Timeouts
+    accounts: tuple[AccountConfig, ...]
+
+    def secrets(self) -> list[str]:
+        """Every secret value this config holds, for the log redactor."""
+        out = [a.api_key for a in self.accounts if a.api_key]
+        out.extend(self.server.api_keys)
+        return out
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """Takes keys out of one TOML table, wording every error the same way."""
+
+    def __init__(self, path: str, table: Mapping[str, Any], where: str) -> None:
+        self.path = path
+        self.table = dict(table)
+        self.where = where
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {self.key(name)}: {problem}")
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        if name not in self.table:
+            return default
+        return self._check(name, self.table.pop(name), kind)
+
+    def require(self, name: str, kind: type[T]) -> T:
+        if name not in self.table:
+            raise self.fail(name, "required key is missing")
+        return self._check(name, self.table.pop(name), kind)
+
+    def _check(self, name: str, value: Any, kind: type[T]) -> T:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(name, f"expected {_TYPE_NAMES[kind]}, got {_type_name(value)}")
+        return value
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        if name not in self.table:
+            return ()
+        value = self.table.pop(name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(name, f"expected an array of strings, got {_type_name(value)}")
+        return tuple(value)
+
+    def string_table(self, name: str) -> dict[str, str]:
+        if name not in self.table:
+            return {}
+        value = self.table.pop(name)
+        if not isinstance(value, dict):
+            raise self.fail(name, f"expected a table of strings, got {_type_name(value)}")
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ConfigError(
+                    f"{self.path}: {self.key(name)}.{k}: expected a string, got {_type_name(v)}"
+                )
+        return dict(value)
+
+    def sub(self, name: str) -> _Reader:
+        value = self.table.pop(name, {})
+        if not isinstance(value, dict):
+            raise self.fail(name, f"expected a table, got {_type_name(value)}")
+        return _Reader(self.path, value, self.key(name))
+
+    def check(self, name: str, ok: bool, problem: str) -> None:
+        if not ok:
+            raise self.fail(name, problem)
+
+    def done(self) -> None:
+        """Reject whatever keys nobody took: a typo must not be silently ignored."""
+        for name in self.table:
+            raise self.fail(name, "unknown key")
+
+
+def _positive(r: _Reader, name: str, value: float) -> float:
+    r.check(name, value >= 0, "must not be negative")
+    return value
+
+
+def _timeouts(r: _Reader, base: Timeouts) -> Timeouts:
+    num: Callable[[str, float], float] = lambda n, d: _positive(r, n, r.get(n, float, d))  # noqa: E731
+    t = Timeouts(
+        connect=num("connect", base.connect),
+        headers=num("headers", base.headers),
+        idle=num("idle", base.idle),
+        total=num("total", base.total),
+    )
+    r.done()
+    return t
+
+
+def _server(r: _Reader) -> ServerConfig:
+    d = ServerConfig()
+    port = r.get("port", int, d.port)
+    r.check("port", 0 <= port <= 65535, "must be between 0 and 65535")
+    s = ServerConfig(
+        host=r.get("host", str, d.host),
+        port=port,
+        api_keys=r.strings("api_keys"),
+        max_body_bytes=r.get("max_body_bytes", int, d.max_body_bytes),
+        max_event_bytes=r.get("max_event_bytes", int, d.max_event_bytes),
+    )
+    r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
+    r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")
+    r.done()
+    return s
+
+
+def _account(r: _Reader, env: Mapping[str, str]) -> AccountConfig:
+    name = r.require("name", str)
+    r.check("name", bool(name.strip()), "must not be empty")
+    base_url = r.require("base_url", str).rstrip("/")
+    parts = urlsplit(base_url)
+    r.check(
+        "base_url",
+        parts.scheme in ("http", "https") and bool(parts.netloc),
+        f"expected an http:// or https:// URL, got {base_url!r}",
+    )
+    api_key = r.get("api_key", str, "") or None
+    key_env = r.get("api_key_env", str, "")
+    if key_env:
+        r.check("api_key_env", api_key is None, "give api_key or api_key_env, not both")
+        api_key = env.get(key_env)
+        r.check("api_key_env", bool(api_key), f"environment variable {key_env} is not set")
+    acc = AccountConfig(
+        name=name, base_url=base_url, api_key=api_key, headers=r.string_table("headers")
+    )
+    r.done()
+    return acc
+
+
+def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate config text; raises ConfigError with a one-line message."""
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    root = _Reader(path, raw, "")
+    server = _server(root.sub("server"))
+    timeouts = _timeouts(root.sub("timeouts"), Timeouts())
+    raw_accounts = root.table.pop("accounts", [])
+    if not isinstance(raw_accounts, list):
+        raise root.fail("accounts", "expected an array of tables ([[accounts]])")
+    accounts: list[AccountConfig] = []
+    for i, entry in enumerate(raw_accounts):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: accounts[{i}]: expected a table")
+        acc = _account(_Reader(path, entry, f"accounts[{i}]"), env)
+        if any(a.name == acc.name for a in accounts):
+            raise ConfigError(f"{path}: accounts[{i}].name: duplicate account name {acc.name!r}")
+        accounts.append(acc)
+    if not accounts:
+        raise ConfigError(f"{path}: accounts: at least one [[accounts]] entry is required")
+    root.done()
+    return Config(path=path, server=server, timeouts=timeouts, accounts=tuple(accounts))
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file."""
+    name = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: invalid TOML: file is not UTF-8") from None
+    return parse(text, name, env)

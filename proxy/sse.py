@@ -1,0 +1,204 @@
+"""Sans-IO server-sent-events reframer: bytes in, complete events out.
+
+Nothing here does I/O or knows about aiohttp. The relay hands every upstream read to
+:meth:`Reframer.feed` and writes out whatever complete events come back; at end of
+stream it calls :meth:`Reframer.close`. Parsing follows the WHATWG event-stream
+rules, with two deliberate departures that a proxy needs: an unterminated last event
+is delivered rather than discarded, and an event that grows past a size limit is an
+error rather than unbounded memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BOM = b"\xef\xbb\xbf"
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+_LF = 0x0A
+_COLON = 0x3A
+
+
+class SSEError(Exception):
+    """Root of the errors the reframer raises about the stream it is fed."""
+
+
+class EventTooLarge(SSEError):
+    """An event grew past the configured limit before it completed."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upstream event exceeds the {limit}-byte limit")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dispatched event block.
+
+    ``data`` is the data lines joined by LF, or None when the block had no data
+    field at all (an ``event:``-, ``id:``- or ``retry:``-only block).
+    """
+
+    data: bytes | None = None
+    event: bytes = b""
+    id: bytes | None = None
+    retry: int | None = None
+
+    @property
+    def data_lines(self) -> list[bytes]:
+        return [] if self.data is None else self.data.split(b"\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment line (``: text``); ``text`` is everything after the colon."""
+
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stray:
+    """A line whose field name the SSE grammar does not know.
+
+    The grammar says to ignore such lines; the reframer hands them out anyway so
+    that a caller can notice, say, a bare JSON error body inside an event stream.
+    """
+
+    line: bytes
+
+
+Item = Event | Comment | Stray
+
+
+def _valid_utf8(raw: bytes) -> bytes:
+    """Return ``raw`` unchanged when it is UTF-8, else with each bad sequence as U+FFFD."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace").encode("utf-8")
+    return raw
+
+
+class Reframer:
+    """Incremental SSE parser.
+
+    Line ends may be CRLF, LF or a lone CR, split across reads in any way. A CR is
+    taken as a line end at once (so an event ending in CR CR is never held back) and
+    an LF arriving first in the next read is then swallowed as its partner.
+    """
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._buf = bytearray()
+        self._scanned_to = 0  # _buf[:_scanned_to] is known to hold no line end
+        self._skip_lf = False
+        self._at_start = True  # a BOM may still be arriving
+        self._data: list[bytes] = []
+        self._event = b""
+        self._id: bytes | None = None
+        self._retry: int | None = None
+        self._fields = False  # any field seen since the last dispatch
+        self._event_bytes = 0
+        # Total bytes searched for line ends: lets tests prove the work is linear.
+        self.bytes_scanned = 0
+
+    def feed(self, data: bytes) -> list[Item]:
+        """Take one read's bytes; return the events and comments it completed."""
+        buf = self._buf
+        buf += data
+        out: list[Item] = []
+        if self._at_start:
+            if len(buf) < len(BOM) and BOM.startswith(buf):
+                return out
+            if buf.startswith(BOM):
+                del buf[: len(BOM)]
+            self._at_start = False
+        if self._skip_lf and buf:
+            self._skip_lf = False
+            if buf[0] == _LF:
+                del buf[:1]
+                self._scanned_to = 0
+        n = len(buf)
+        pos = self._scanned_to
+        self.bytes_scanned += n - pos
+        start = 0
+        lf = buf.find(b"\n", pos)
+        cr = buf.find(b"\r", pos)
+        while lf != -1 or cr != -1:
+            if cr == -1 or (lf != -1 and lf < cr):
+                end = nxt = lf
+                nxt += 1
+            else:
+                end = cr
+                nxt = cr + 1
+                if nxt == n:
+                    self._skip_lf = True
+                elif buf[nxt] == _LF:
+                    nxt += 1
+            self._line(bytes(buf[start:end]), out)
+            start = nxt
+            if lf != -1 and lf < nxt:
+                lf = buf.find(b"\n", nxt)
+            if cr != -1 and cr < nxt:
+                cr = buf.find(b"\r", nxt)
+        if start:
+            del buf[:start]
+        self._scanned_to = len(buf)
+        if self._event_bytes + len(buf) > self.max_event_bytes:
+            raise EventTooLarge(self.max_event_bytes)
+        return out
+
+    def close(self) -> list[Item]:
+        """End of stream: complete and return whatever is still pending."""
+        out: list[Item] = []
+        self._at_start = False
+        if self._buf:
+            self._line(bytes(self._buf), out)
+            self._buf.clear()
+            self._scanned_to = 0
+        self._dispatch(out)
+        return out
+
+    @property
+    def pending(self) -> bool:
+        """True when bytes of an unfinished event are buffered."""
+        return bool(self._buf) or self._fields
+
+    def _line(self, line: bytes, out: list[Item]) -> None:
+        if not line:
+            self._dispatch(out)
+            return
+        self._event_bytes += len(line) + 1
+        if self._event_bytes > self.max_event_bytes:
+            raise EventTooLarge(self.max_event_bytes)
+        if line[0] == _COLON:
+            out.append(Comment(_valid_utf8(line[1:])))
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+        elif name == b"id":
+            if b"\0" not in value:
+                self._id = value
+        elif name == b"retry":
+            if value.isdigit():
+                self._retry = int(value)
+        else:
+            out.append(Stray(_valid_utf8(line)))
+            return
+        self._fields = True
+
+    def _dispatch(self, out: list[Item]) -> None:
+        if self._fields:
+            data = _valid_utf8(b"\n".join(self._data)) if self._data else None
+            out.append(Event(data, _valid_utf8(self._event), self._id, self._retry))
+            self._data = []
+            self._event = b""
+            self._id = None
+            self._retry = None
+            self._fields = False
+        self._event_bytes = 0

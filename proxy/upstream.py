@@ -1,0 +1,172 @@
+"""One upstream call: the session, the headers, the timeouts, and error mapping.
+
+Every aiohttp/asyncio failure of an upstream call is mapped here, and only here,
+into the :mod:`proxy.errors` tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .config import AccountConfig, Timeouts
+from .errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# The client's credentials and identity never go upstream; the account's do.
+_DROP_REQUEST = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "accept-encoding",
+    "openai-organization",
+    "openai-project",
+    "x-forwarded-for",
+    "forwarded",
+}
+_DROP_RESPONSE = HOP_BY_HOP | {
+    "content-length",
+    "content-encoding",
+    "set-cookie",
+    "server",
+    "date",
+    "x-request-id",
+    "alt-svc",
+    "strict-transport-security",
+}
+
+
+def make_session() -> aiohttp.ClientSession:
+    """The one client session of the application's lifetime."""
+    # No pool cap: concurrency is limited where requests come in, and a cap here
+    # would queue streams silently behind each other.
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # The answer reaches the client uncompressed; we ask for identity, and when an
+        # upstream compresses anyway aiohttp inflates it as it arrives.
+        auto_decompress=True,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def target_url(account: AccountConfig, tail: str, query: str) -> str:
+    """``base_url`` + the client's path after ``/v1`` + its query string."""
+    url = account.base_url + "/" + tail.lstrip("/")
+    return f"{url}?{query}" if query else url
+
+
+def request_headers(
+    client: Mapping[str, str], account: AccountConfig, request_id: str
+) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in client.items():
+        if name.lower() not in _DROP_REQUEST:
+            out.add(name, value)
+    out["Accept-Encoding"] = "identity"
+    out["X-Request-ID"] = request_id
+    if account.api_key:
+        out["Authorization"] = f"Bearer {account.api_key}"
+    for name, value in account.headers.items():
+        out[name] = value
+    return out
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in _DROP_RESPONSE:
+            out.add(name, value)
+    if "x-request-id" in upstream:
+        out["X-Upstream-Request-ID"] = upstream["x-request-id"]
+    return out
+
+
+def map_error(exc: BaseException, timeouts: Timeouts, *, headers_phase: bool) -> UpstreamError:
+    """Map a lower-layer failure into the seamline error tree."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamUnreachable(f"upstream unreachable: {exc.os_error.strerror or exc}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout(f"upstream connect timed out after {timeouts.connect:g}s")
+    if isinstance(exc, TimeoutError):
+        if headers_phase:
+            return UpstreamTimeout(
+                f"upstream sent no response headers within {timeouts.headers:g}s"
+            )
+        return UpstreamTimeout(f"upstream sent nothing for {timeouts.idle:g}s")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamProtocolError(f"upstream response body is broken: {exc}")
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return UpstreamProtocolError("upstream closed the connection unexpectedly")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamProtocolError(f"upstream sent an invalid response: {exc.message}")
+    return UpstreamError(f"upstream request failed: {type(exc).__name__}")
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    account: AccountConfig,
+    method: str,
+    url: str,
+    headers: CIMultiDict[str],
+    body: bytes,
+    timeouts: Timeouts,
+) -> aiohttp.ClientResponse:
+    """Send the request; return the response once its headers are in.
+
+    The caller owns the response and must release or close it.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=timeouts.total or None,
+        sock_connect=timeouts.connect or None,
+        sock_read=None,
+    )
+    try:
+        async with asyncio.timeout(timeouts.headers or None):
+            resp = await session.request(
+                method,
+                url,
+                headers=headers,
+                data=body or None,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise map_error(exc, timeouts, headers_phase=True) from exc
+    # The idle timeout only starts once the headers are in: a slow first token on
+    # a non-streamed request is covered by the (longer) headers timeout instead.
+    conn = resp.connection
+    if conn is not None and conn.protocol is not None and timeouts.idle:
+        conn.protocol.read_timeout = timeouts.idle
+        conn.protocol.start_timeout()
+    return resp

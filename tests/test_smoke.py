@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from conftest import Upstream, collect, sse_stream, text_of
+
+
+async def test_plain_stream_reaches_openai_client(upstream: Upstream, proxied: str) -> None:
+    upstream.script(*sse_stream("Hel", "lo"))
+    chunks = await collect(proxied)
+    assert text_of(chunks) == "Hello"
+    assert chunks[-1].choices[0].finish_reason == "stop"
