@@ -180,7 +180,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         )
     data = await read_body(resp, config.server.max_event_bytes * 8, config.timeouts)
     if resp.status >= 400:
-        data = normalize_error(data)
+        # Some upstreams echo the key they were sent; it must not reach the client.
+        data = normalize_error(redactor.scrub_known(data))
         out_headers["Content-Type"] = "application/json"
     outcome.status = resp.status
     outcome.first_byte = time.monotonic()
@@ -218,5 +219,9 @@ async def start(config: Config, host: str | None = None, port: int | None = None
     site = web.TCPSite(
         runner, host or config.server.host, config.server.port if port is None else port
     )
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

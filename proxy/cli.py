@@ -18,6 +18,17 @@ from .logs import configure, get_logger
 EXIT_CONFIG = 2
 
 
+def _port(text: str) -> int:
+    """A TCP port for --port; out of range must not wrap around to another port."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {port}")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seamline", description=__doc__)
     p.add_argument("--version", action="version", version=f"seamline {__version__}")
@@ -25,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy")
     serve.add_argument("--config", default="config.toml", help="TOML config file")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
     return p
@@ -53,17 +64,20 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
     from .app import start  # imported late: check-config must not need aiohttp started
 
     log = get_logger("seamline")
-    runner = await start(config, host, port)
-    for addr in runner.addresses:
-        h, p = addr[0], addr[1]
-        print(f"seamline listening on http://{h}:{p}/v1", file=sys.stderr, flush=True)
-    print("accounts: " + ", ".join(a.name for a in config.accounts), file=sys.stderr, flush=True)
-    if not config.server.api_keys:
-        log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
+    # Handlers go in before anything is announced: a supervisor may send SIGTERM as soon
+    # as it reads the listening line, and that must still be a clean shutdown.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    runner = await start(config, host, port)
+    for addr in runner.addresses:
+        h, p = addr[0], addr[1]
+        h = f"[{h}]" if ":" in h else h  # an IPv6 address needs brackets in a URL
+        print(f"seamline listening on http://{h}:{p}/v1", file=sys.stderr, flush=True)
+    print("accounts: " + ", ".join(a.name for a in config.accounts), file=sys.stderr, flush=True)
+    if not config.server.api_keys:
+        log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
     try:
         await stop.wait()
     finally:

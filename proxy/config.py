@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +62,13 @@ class Config:
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _key_part(name: str) -> str:
+    """A key as TOML would spell it: quoted (one line, escaped) unless it is a bare key."""
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
 
 
 def _type_name(value: object) -> str:
@@ -80,7 +90,8 @@ class _Reader:
         self.where = where
 
     def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
+        part = _key_part(name)
+        return f"{self.where}.{part}" if self.where else part
 
     def fail(self, name: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {self.key(name)}: {problem}")
@@ -97,7 +108,10 @@ class _Reader:
 
     def _check(self, name: str, value: Any, kind: type[T]) -> T:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self.fail(name, "number is too large") from None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, f"expected {_TYPE_NAMES[kind]}, got {_type_name(value)}")
         return value
@@ -117,10 +131,21 @@ class _Reader:
         if not isinstance(value, dict):
             raise self.fail(name, f"expected a table of strings, got {_type_name(value)}")
         for k, v in value.items():
+            where = f"{self.path}: {self.key(name)}.{_key_part(k)}"
             if not isinstance(v, str):
-                raise ConfigError(
-                    f"{self.path}: {self.key(name)}.{k}: expected a string, got {_type_name(v)}"
-                )
+                raise ConfigError(f"{where}: expected a string, got {_type_name(v)}")
+        return dict(value)
+
+    def header_table(self, name: str) -> dict[str, str]:
+        """Like string_table, but names and values must be valid in an HTTP header."""
+        value = self.string_table(name)
+        for k, v in value.items():
+            # aiohttp would only refuse these at request time, failing every request.
+            where = f"{self.path}: {self.key(name)}.{_key_part(k)}"
+            if not _HEADER_NAME.fullmatch(k):
+                raise ConfigError(f"{where}: not a valid HTTP header name")
+            if any(c in v for c in "\r\n\0"):
+                raise ConfigError(f"{where}: header value must not contain CR, LF or NUL")
         return dict(value)
 
     def sub(self, name: str) -> _Reader:
@@ -140,6 +165,7 @@ class _Reader:
 
 
 def _positive(r: _Reader, name: str, value: float) -> float:
+    r.check(name, math.isfinite(value), "must be a finite number of seconds (0 means none)")
     r.check(name, value >= 0, "must not be negative")
     return value
 
@@ -177,20 +203,23 @@ def _account(r: _Reader, env: Mapping[str, str]) -> AccountConfig:
     name = r.require("name", str)
     r.check("name", bool(name.strip()), "must not be empty")
     base_url = r.require("base_url", str).rstrip("/")
-    parts = urlsplit(base_url)
-    r.check(
-        "base_url",
-        parts.scheme in ("http", "https") and bool(parts.netloc),
-        f"expected an http:// or https:// URL, got {base_url!r}",
-    )
+    try:
+        parts = urlsplit(base_url)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    # urlsplit silently drops tabs and newlines, which would then reach the upstream URL.
+    ok = ok and not any(c.isspace() or not c.isprintable() for c in base_url)
+    r.check("base_url", ok, f"expected an http:// or https:// URL, got {base_url!r}")
     api_key = r.get("api_key", str, "") or None
     key_env = r.get("api_key_env", str, "")
     if key_env:
         r.check("api_key_env", api_key is None, "give api_key or api_key_env, not both")
         api_key = env.get(key_env)
-        r.check("api_key_env", bool(api_key), f"environment variable {key_env} is not set")
+        r.check("api_key_env", bool(api_key), f"environment variable {key_env!r} is not set")
     acc = AccountConfig(
-        name=name, base_url=base_url, api_key=api_key, headers=r.string_table("headers")
+        name=name, base_url=base_url, api_key=api_key, headers=r.header_table("headers")
     )
     r.done()
     return acc
@@ -201,7 +230,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
     env = os.environ if env is None else env
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's digit limit
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     root = _Reader(path, raw, "")
     server = _server(root.sub("server"))

@@ -8,6 +8,7 @@ wait we do not read the upstream, whose reader then stops reading its socket.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,7 @@ async def relay_stream(
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     outcome.status = upstream.status
+    _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
     try:
@@ -115,7 +117,7 @@ async def relay_stream(
             out = shaper.render(reframer.close()) + shaper.finish()
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
-            out = b""
+            out = shaper.render(exc.completed)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             failure = map_error(exc, timeouts, headers_phase=False)
             # Whatever the reframer holds is an event the upstream never finished.
@@ -135,6 +137,27 @@ async def relay_stream(
         if shaper.repairs:
             outcome.repairs = dict(shaper.repairs)
     return resp
+
+
+def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
+    """Make a read fail, not hang, when the upstream connection dies mid-body.
+
+    After a chunked-encoding error aiohttp closes the connection but leaves the body
+    reader waiting, with no read timeout left to end the wait.
+    """
+    conn = upstream.connection
+    closed = conn.protocol.closed if conn is not None and conn.protocol is not None else None
+    if closed is None:
+        return
+    content = upstream.content
+
+    def on_closed(fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved, so asyncio does not warn about it
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(aiohttp.ClientPayloadError("upstream connection lost mid-body"))
+
+    closed.add_done_callback(on_closed)
 
 
 async def _write(resp: web.StreamResponse, out: bytes, outcome: Outcome, log: Any) -> None:

@@ -19,8 +19,11 @@ DONE_EVENT = b"data: [DONE]\n\n"
 # Event types that upstreams use as keep-alives; their payload is never completion data.
 PING_EVENTS = frozenset({b"ping", b"heartbeat", b"keep-alive", b"keepalive"})
 # A chunk that ends an answer: a non-null finish_reason, or the usage chunk that
-# follows it (empty choices). Searched as bytes so no JSON is parsed per event.
-_FINISH = re.compile(rb'"finish_reason"\s*:\s*"|"choices"\s*:\s*\[\s*\]')
+# follows it (empty choices and a usage object; Azure's first chunk, which carries
+# prompt_filter_results, has empty choices too). Searched as bytes so no JSON is
+# parsed per event.
+_FINISH = re.compile(rb'(?P<reason>"finish_reason"\s*:\s*")|"choices"\s*:\s*\[\s*\]')
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 TRUNCATED = "upstream stream ended before the answer was complete (truncated: no finish_reason)"
 
 
@@ -43,9 +46,12 @@ def normalize_error(payload: bytes) -> bytes:
     except ValueError:
         obj = None
     if isinstance(obj, dict):
-        if obj.get("error"):
+        inner = obj.get("error")
+        if isinstance(inner, dict) and inner:
             return payload
-        message = obj.get("message") or obj.get("msg") or obj.get("detail")
+        # The SDKs read only error.message; {"error": "text"} would lose the text.
+        message = inner if isinstance(inner, str) else None
+        message = message or obj.get("message") or obj.get("msg") or obj.get("detail")
         if not isinstance(message, str) or not message:
             message = payload.decode("utf-8", "replace")
         err: dict[str, Any] = {"message": message, "type": "upstream_error"}
@@ -68,6 +74,13 @@ def bare_error(line: bytes) -> bytes | None:
     if isinstance(obj, dict) and obj.get("error"):
         return line
     return None
+
+
+def _ends_answer(data: bytes) -> bool:
+    match = _FINISH.search(data)
+    if match is None:
+        return False
+    return match["reason"] is not None or _USAGE.search(data) is not None
 
 
 def data_block(data: bytes) -> bytes:
@@ -132,21 +145,23 @@ class OpenAIShaper:
     def _event(self, ev: Event) -> bytes:
         data = ev.data
         name = ev.event
-        if name in PING_EVENTS:
+        if data is not None and name in PING_EVENTS:
+            # A keep-alive with a payload: as data the SDKs would yield it as a chunk.
             self.repairs["ping_event_to_comment"] += 1
             return b": ping\n\n"
         if name == b"error":
             self.repairs["error_event"] += 1
             self.errored = True
             return data_block(normalize_error(data or b""))
-        if data is None or not data.strip():
+        if data is None or not (stripped := data.strip()):
             self.repairs["empty_block_dropped"] += 1
             return b""
-        if data.startswith(DONE):
+        # "data:  [DONE]" leaves " [DONE]", which the SDKs would try to parse as JSON.
+        if stripped.startswith(DONE):
             self.done = True
             return DONE_EVENT
         self.events += 1
-        if not self.finished and _FINISH.search(data):
+        if not self.finished and _ends_answer(data):
             self.finished = True
         if self.keep_event_names and name and name != b"message":
             return b"event: " + name + b"\n" + data_block(data)
@@ -159,4 +174,4 @@ class OpenAIShaper:
             return b""
         self.repairs["bare_error_line"] += 1
         self.errored = True
-        return data_block(err)
+        return data_block(normalize_error(err))

@@ -17,6 +17,8 @@ DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 _LF = 0x0A
 _COLON = 0x3A
+# A longer retry is no sane delay, and int() rejects digit strings past 4300 digits.
+_MAX_RETRY_DIGITS = 18
 
 
 class SSEError(Exception):
@@ -29,6 +31,8 @@ class EventTooLarge(SSEError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upstream event exceeds the {limit}-byte limit")
         self.limit = limit
+        # Items the same read completed before the limit was hit: still to deliver.
+        self.completed: list[Item] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +107,25 @@ class Reframer:
         self.bytes_scanned = 0
 
     def feed(self, data: bytes) -> list[Item]:
-        """Take one read's bytes; return the events and comments it completed."""
+        """Take one read's bytes; return the events and comments it completed.
+
+        Raises EventTooLarge when the pending event passes the limit; the events the
+        read completed before that are on the exception's ``completed``.
+        """
+        out: list[Item] = []
+        try:
+            self._feed(data, out)
+        except EventTooLarge as exc:
+            exc.completed = out
+            raise
+        return out
+
+    def _feed(self, data: bytes, out: list[Item]) -> None:
         buf = self._buf
         buf += data
-        out: list[Item] = []
         if self._at_start:
             if len(buf) < len(BOM) and BOM.startswith(buf):
-                return out
+                return
             if buf.startswith(BOM):
                 del buf[: len(BOM)]
             self._at_start = False
@@ -146,7 +162,6 @@ class Reframer:
         self._scanned_to = len(buf)
         if self._event_bytes + len(buf) > self.max_event_bytes:
             raise EventTooLarge(self.max_event_bytes)
-        return out
 
     def close(self) -> list[Item]:
         """End of stream: complete and return whatever is still pending."""
@@ -183,9 +198,9 @@ class Reframer:
             self._event = value
         elif name == b"id":
             if b"\0" not in value:
-                self._id = value
+                self._id = _valid_utf8(value)
         elif name == b"retry":
-            if value.isdigit():
+            if value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
                 self._retry = int(value)
         else:
             out.append(Stray(_valid_utf8(line)))

@@ -59,7 +59,7 @@ def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         **extra,
     }
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def sse_stream(*contents: str, done: bool = True) -> list[bytes]:

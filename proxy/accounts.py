@@ -1,0 +1,402 @@
+"""The account pool: which account takes a request, and what each one's health is.
+
+Pure: no I/O and no clock of its own. Every call that depends on time takes ``now``
+(seconds since the epoch), so cooldowns, quota resets and rate windows are tested
+without sleeping, and persisted state stays meaningful across restarts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+MAX_BACKOFF = 300.0
+RPM_WINDOW = 60.0
+
+
+class Strategy(StrEnum):
+    ROUND_ROBIN = "round_robin"
+    LEAST_BUSY = "least_busy"
+    FILL_FIRST = "fill_first"
+    WEIGHTED = "weighted"
+
+
+class Block(StrEnum):
+    """Why an account cannot take a request right now."""
+
+    DISABLED = "disabled"
+    QUOTA = "quota_exhausted"
+    RATE = "rate_limited"
+    BREAKER = "circuit_open"
+    BUSY = "max_concurrent"
+    RPM = "rpm_limit"
+    DAILY = "daily_limit"
+
+
+# Blocks that clear by waiting, and so deserve a 429 with Retry-After.
+RATE_BLOCKS = frozenset({Block.QUOTA, Block.RATE, Block.RPM, Block.DAILY})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The parts of an account's config the pool needs."""
+
+    name: str
+    models: tuple[str, ...] = ()
+    priority: int = 0
+    weight: int = 1
+    max_concurrent: int = 0
+    rpm: int = 0
+    daily_requests: int = 0
+    reset_hour: int = 0
+    reset_minute: int = 0
+    reset_tz: str = "UTC"
+
+    def serves(self, model: str | None) -> bool:
+        if not self.models or model is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pat) for pat in self.models)
+
+
+@dataclass(slots=True)
+class AccountState:
+    """Everything the pool knows about one account; the persisted part is in to_dict."""
+
+    limits: Limits
+    cooldown_until: float = 0.0
+    backoff: float = 0.0
+    quota_until: float = 0.0
+    disabled: str | None = None
+    disabled_persist: bool = False  # survives a restart (an OAuth refresh rejected)
+    failures: int = 0  # consecutive 5xx / connection errors / timeouts
+    breaker_until: float = 0.0
+    breaker_open: bool = False
+    probing: bool = False
+    in_flight: int = 0
+    recent: deque[float] = field(default_factory=deque)
+    day_start: float = 0.0
+    day_requests: int = 0
+    day_tokens: int = 0
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.limits.name
+
+    _PERSISTED = (
+        "cooldown_until",
+        "backoff",
+        "quota_until",
+        "day_start",
+        "day_requests",
+        "day_tokens",
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "last_error",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._PERSISTED}
+        if self.disabled_persist:
+            out["disabled"] = self.disabled
+        return out
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        for k in self._PERSISTED:
+            value = saved.get(k)
+            if value is None:
+                continue
+            current = getattr(self, k)
+            kind = str if current is None else type(current)
+            setattr(self, k, kind(value))
+        if saved.get("disabled"):
+            self.disabled = str(saved["disabled"])
+            self.disabled_persist = True
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """Why no account can take a request: the answer's status and Retry-After."""
+
+    status: int
+    message: str
+    retry_after: float | None
+
+
+class Pool:
+    """Routing and health for a set of accounts."""
+
+    def __init__(
+        self,
+        accounts: Sequence[Limits],
+        strategy: Strategy = Strategy.ROUND_ROBIN,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 30.0,
+    ) -> None:
+        self.strategy = strategy
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self.states: dict[str, AccountState] = {a.name: AccountState(a) for a in accounts}
+        self._order = [a.name for a in accounts]
+        self._cursor = 0
+        self._current_weight: dict[str, int] = dict.fromkeys(self._order, 0)
+        self.changed = False  # persisted state changed since the store last saved it
+
+    # --- configuration changes -------------------------------------------------
+
+    def replace_accounts(self, accounts: Sequence[Limits]) -> None:
+        """New account list (a reload): accounts that stay keep their state."""
+        old = self.states
+        self.states = {}
+        for lim in accounts:
+            st = old.get(lim.name)
+            if st is None:
+                st = AccountState(lim)
+            else:
+                st.limits = lim
+                if not st.disabled_persist:
+                    st.disabled = None  # a reload re-enables auth-disabled accounts
+            self.states[lim.name] = st
+        self._order = [a.name for a in accounts]
+        self._current_weight = {n: self._current_weight.get(n, 0) for n in self._order}
+
+    # --- time helpers ----------------------------------------------------------
+
+    def _roll_day(self, st: AccountState, now: float) -> None:
+        start = last_reset(st.limits, now)
+        if st.day_start != start:
+            st.day_start = start
+            st.day_requests = 0
+            st.day_tokens = 0
+
+    def _prune(self, st: AccountState, now: float) -> None:
+        while st.recent and st.recent[0] <= now - RPM_WINDOW:
+            st.recent.popleft()
+
+    # --- eligibility -----------------------------------------------------------
+
+    def block(self, st: AccountState, now: float) -> tuple[Block, float | None] | None:
+        """Why ``st`` cannot take a request now and when that may clear, or None."""
+        lim = st.limits
+        if st.disabled:
+            return Block.DISABLED, None
+        if st.quota_until > now:
+            return Block.QUOTA, st.quota_until
+        if st.cooldown_until > now:
+            return Block.RATE, st.cooldown_until
+        if st.breaker_open:
+            if st.breaker_until > now:
+                return Block.BREAKER, st.breaker_until
+            if st.probing:  # half-open: one probe at a time decides
+                return Block.BREAKER, None
+        if lim.max_concurrent and st.in_flight >= lim.max_concurrent:
+            return Block.BUSY, None
+        if lim.rpm:
+            self._prune(st, now)
+            if len(st.recent) >= lim.rpm:
+                return Block.RPM, st.recent[0] + RPM_WINDOW
+        if lim.daily_requests:
+            self._roll_day(st, now)
+            if st.day_requests >= lim.daily_requests:
+                return Block.DAILY, next_reset(lim, now)
+        return None
+
+    def serving(self, model: str | None) -> list[AccountState]:
+        return [self.states[n] for n in self._order if self.states[n].limits.serves(model)]
+
+    def pick(
+        self, model: str | None, now: float, exclude: Iterable[str] = ()
+    ) -> AccountState | None:
+        """The account to try next for ``model``, or None when none can take it."""
+        skip = set(exclude)
+        eligible = [
+            st for st in self.serving(model) if st.name not in skip and self.block(st, now) is None
+        ]
+        if not eligible:
+            return None
+        tier = min(st.limits.priority for st in eligible)
+        eligible = [st for st in eligible if st.limits.priority == tier]
+        return self._choose(eligible)
+
+    def _choose(self, eligible: list[AccountState]) -> AccountState:
+        if self.strategy is Strategy.FILL_FIRST:
+            return eligible[0]
+        if self.strategy is Strategy.WEIGHTED:
+            # Smooth weighted round robin (as nginx does): fair and deterministic.
+            total = 0
+            best = eligible[0]
+            for st in eligible:
+                w = max(st.limits.weight, 0)
+                total += w
+                self._current_weight[st.name] = self._current_weight.get(st.name, 0) + w
+                if self._current_weight[st.name] > self._current_weight[best.name]:
+                    best = st
+            self._current_weight[best.name] -= total
+            return best
+        start = self._cursor % len(eligible)
+        self._cursor += 1
+        rotated = eligible[start:] + eligible[:start]
+        if self.strategy is Strategy.LEAST_BUSY:
+            return min(rotated, key=lambda st: st.in_flight)
+        return rotated[0]
+
+    def unavailable(self, model: str | None, now: float) -> Unavailable:
+        """The answer when ``pick`` found nobody."""
+        serving = self.serving(model)
+        if not serving:
+            return Unavailable(404, f"no account serves the model {model!r}", None)
+        rate_times: list[float] = []
+        other_times: list[float] = []
+        rate_limited = False
+        for st in serving:
+            blocked = self.block(st, now)
+            if blocked is None:
+                continue
+            kind, until = blocked
+            if kind in RATE_BLOCKS:
+                rate_limited = True
+                if until is not None:
+                    rate_times.append(until)
+            elif until is not None:
+                other_times.append(until)
+        if rate_limited:
+            retry = min(rate_times) - now if rate_times else None
+            return Unavailable(429, "all accounts are rate limited or out of quota", retry)
+        retry = min(other_times) - now if other_times else None
+        return Unavailable(503, "no upstream account is available right now", retry)
+
+    # --- request lifecycle -----------------------------------------------------
+
+    def acquire(self, st: AccountState, now: float) -> None:
+        """Count a request as started on ``st``."""
+        st.in_flight += 1
+        st.requests += 1
+        if st.limits.rpm:
+            st.recent.append(now)
+        self._roll_day(st, now)
+        st.day_requests += 1
+        if st.breaker_open and st.breaker_until <= now:
+            st.probing = True
+        self.changed = True
+
+    def release(self, st: AccountState) -> None:
+        st.in_flight = max(0, st.in_flight - 1)
+
+    def succeeded(self, st: AccountState) -> None:
+        st.backoff = 0.0
+        st.failures = 0
+        st.breaker_open = False
+        st.probing = False
+
+    def rate_limited(self, st: AccountState, now: float, retry_after: float | None) -> None:
+        """A 429 with no quota signal: cool down for Retry-After, else back off."""
+        st.backoff = min(MAX_BACKOFF, st.backoff * 2 if st.backoff else 1.0)
+        st.cooldown_until = now + (retry_after if retry_after is not None else st.backoff)
+        self._failed(st, "rate limited (429)")
+
+    def quota_exhausted(self, st: AccountState, now: float, retry_after: float | None) -> None:
+        """Out until the next quota reset, or Retry-After when that is later."""
+        until = next_reset(st.limits, now)
+        if retry_after is not None:
+            until = max(until, now + retry_after)
+        st.quota_until = until
+        self._failed(st, "quota exhausted")
+
+    def disable(self, st: AccountState, reason: str, persist: bool = False) -> bool:
+        """Take ``st`` out of rotation; True when it was not disabled before."""
+        first = st.disabled is None
+        st.disabled = reason
+        st.disabled_persist = persist
+        self._failed(st, reason)
+        return first
+
+    def enable(self, st: AccountState) -> None:
+        st.disabled = None
+        st.disabled_persist = False
+        self.changed = True
+
+    def failed(self, st: AccountState, now: float, reason: str) -> None:
+        """5xx, connection error or timeout: counts towards the circuit breaker."""
+        st.failures += 1
+        if st.probing or st.failures >= self.breaker_threshold:
+            st.breaker_open = True
+            st.breaker_until = now + self.breaker_cooldown
+        st.probing = False
+        self._failed(st, reason)
+
+    def _failed(self, st: AccountState, reason: str) -> None:
+        st.errors += 1
+        st.last_error = reason
+        self.changed = True
+
+    def add_usage(self, st: AccountState, prompt: int, completion: int, now: float) -> None:
+        self._roll_day(st, now)
+        st.prompt_tokens += prompt
+        st.completion_tokens += completion
+        st.day_tokens += prompt + completion
+        self.changed = True
+
+    # --- views -----------------------------------------------------------------
+
+    def snapshot(self, now: float) -> list[dict[str, Any]]:
+        """Per account state for the admin page and status table; never a secret."""
+        out = []
+        for name in self._order:
+            st = self.states[name]
+            self._roll_day(st, now)
+            blocked = self.block(st, now)
+            out.append(
+                {
+                    "name": name,
+                    "state": "available" if blocked is None else blocked[0].value,
+                    "cooling_down_until": _iso(st.cooldown_until, now),
+                    "quota_exhausted_until": _iso(st.quota_until, now),
+                    "circuit_open_until": _iso(st.breaker_until, now) if st.breaker_open else None,
+                    "disabled": st.disabled,
+                    "in_flight": st.in_flight,
+                    "requests_today": st.day_requests,
+                    "tokens_today": st.day_tokens,
+                    "requests": st.requests,
+                    "errors": st.errors,
+                    "prompt_tokens": st.prompt_tokens,
+                    "completion_tokens": st.completion_tokens,
+                    "last_error": st.last_error,
+                }
+            )
+        return out
+
+
+def _iso(ts: float, now: float) -> str | None:
+    if ts <= now:
+        return None
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def last_reset(lim: Limits, now: float) -> float:
+    """The most recent quota reset at or before ``now``, in epoch seconds."""
+    tz = ZoneInfo(lim.reset_tz)
+    local = datetime.fromtimestamp(now, tz)
+    reset = local.replace(hour=lim.reset_hour, minute=lim.reset_minute, second=0, microsecond=0)
+    if reset.timestamp() > now:
+        reset = (reset.replace(tzinfo=None) - timedelta(days=1)).replace(tzinfo=tz)
+    return reset.timestamp()
+
+
+def next_reset(lim: Limits, now: float) -> float:
+    """The next quota reset after ``now``, in epoch seconds."""
+    tz = ZoneInfo(lim.reset_tz)
+    last = datetime.fromtimestamp(last_reset(lim, now), tz)
+    nxt = (last.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=tz)
+    return nxt.timestamp()

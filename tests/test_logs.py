@@ -1,0 +1,133 @@
+"""Logs: one summary line per request, DEBUG_STREAMING traces, and no secret anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conftest import StartSeamline, Upstream, chunk, client, config_text, sse_stream, text_of
+from proxy import logs
+
+ACCOUNT_KEY = "sk-test-acc1-secret"
+CLIENT_KEY = "client-key-very-secret"
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    logs.configure(json_lines=True, stream=out)
+    yield out
+    logs.configure(json_lines=False, stream=io.StringIO())
+
+
+def _lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+
+
+async def _start(upstream: Upstream, seamline: StartSeamline) -> str:
+    return await seamline(
+        config_text(("acc1", upstream.url), server=f'api_keys = ["{CLIENT_KEY}"]')
+    )
+
+
+async def test_summary_line_per_request(
+    upstream: Upstream, seamline: StartSeamline, captured: io.StringIO
+) -> None:
+    base = await _start(upstream, seamline)
+    upstream.script(*sse_stream("a", "b"))
+    async with client(base, CLIENT_KEY) as c:
+        stream = await c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        assert text_of([ch async for ch in stream]) == "ab"
+    summaries = [ln for ln in _lines(captured) if ln["event"] == "request"]
+    assert len(summaries) == 1
+    s = summaries[0]
+    assert s["route"] == "/v1/chat/completions"
+    assert s["model"] == "m"
+    assert s["account"] == "acc1"
+    assert s["status"] == 200
+    assert s["streamed"] is True
+    assert s["events"] == 3
+    assert s["bytes"] > 0
+    assert s["ttfb_ms"] is not None and s["duration_ms"] >= s["ttfb_ms"]
+    assert len(s["request_id"]) >= 16
+    assert not any(ln["event"] == "upstream_read" for ln in _lines(captured))
+
+
+async def test_debug_streaming_traces_reads_and_writes_without_secrets(
+    upstream: Upstream,
+    seamline: StartSeamline,
+    captured: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEBUG_STREAMING", "true")
+    logs.configure(json_lines=True, stream=captured)
+    base = await _start(upstream, seamline)
+    # The upstream echoes the key it was sent, as some do in error messages.
+    upstream.script(
+        b"data: " + chunk(f"key {ACCOUNT_KEY} Bearer {CLIENT_KEY}") + b"\n\n",
+        *sse_stream("done"),
+    )
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            base + "/chat/completions",
+            json={"model": "m", "messages": [], "stream": True},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Request-ID": "trace-me-1"},
+        ) as r,
+    ):
+        assert r.status == 200
+        assert r.headers["X-Request-ID"] == "trace-me-1"
+        await r.read()
+    text = captured.getvalue()
+    assert ACCOUNT_KEY not in text
+    assert CLIENT_KEY not in text
+    lines = _lines(captured)
+    reads = [ln for ln in lines if ln["event"] == "upstream_read"]
+    writes = [ln for ln in lines if ln["event"] == "client_write"]
+    assert reads and writes
+    assert all(ln["request_id"] == "trace-me-1" for ln in reads + writes)
+    # One client write per upstream read at most: nothing is split or held back.
+    assert len(writes) <= len(reads)
+    assert (
+        sum(ln["size"] for ln in writes)
+        == next(ln for ln in lines if ln["event"] == "request")["bytes"]
+    )
+
+
+async def test_upstream_error_echoing_the_key_does_not_reach_client(
+    upstream: Upstream, seamline: StartSeamline, captured: io.StringIO
+) -> None:
+    base = await _start(upstream, seamline)
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {ACCOUNT_KEY}"}})
+    upstream.script(body.encode(), status=400, content_type="application/json")
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            base + "/chat/completions",
+            json={"model": "m", "messages": []},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as r,
+    ):
+        assert r.status == 400
+        got = await r.text()
+    assert ACCOUNT_KEY not in got
+    assert "Incorrect API key provided" in got
+    assert ACCOUNT_KEY not in captured.getvalue()
+
+
+def test_redactor_removes_token_shapes() -> None:
+    r = logs.Redactor()
+    r.set_secrets(["s3cr3t-value"])
+    text = r.scrub(
+        'x s3cr3t-value Bearer abc.def sk-abcdefghij {"refresh_token": "rt-1", "access_token":"a"}'
+    )
+    for leaked in ("s3cr3t-value", "abc.def", "sk-abcdefghij", "rt-1", '"a"'):
+        assert leaked not in text
+    assert text.count(logs.REDACTED) == 5
