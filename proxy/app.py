@@ -8,27 +8,22 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from . import upstream as up
-from .config import AccountConfig, Config
-from .errors import (
-    BodyTooLarge,
-    InvalidJSON,
-    MethodNotAllowed,
-    MissingModel,
-    NotFound,
-    SeamlineError,
-    Unauthorized,
-)
+from .config import Config
+from .errors import BodyTooLarge, MethodNotAllowed, NotFound, SeamlineError, Unauthorized
+from .forward import forward
 from .logs import debug_streaming_enabled, get_logger, redactor
-from .relay import Outcome, read_body, relay_stream
-from .repair import OpenAIShaper, normalize_error
+from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
+from .relay import Outcome
+from .routing import Router, make_pool
+from .state import Persister, open_store
 
-CONFIG = web.AppKey("config", Config)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 OUTCOME = web.RequestKey("outcome", Outcome)
 
@@ -36,9 +31,6 @@ log = get_logger("seamline")
 access_log = get_logger("seamline.request")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Routes whose streams are chat/text completions: OpenAI profile with ending checks.
-_COMPLETION_ROUTES = frozenset({"chat/completions", "completions"})
-_MODEL_ROUTES = frozenset({"chat/completions", "completions", "embeddings"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -113,85 +105,63 @@ def check_client(request: web.Request, keys: tuple[str, ...]) -> None:
         raise Unauthorized("missing or invalid API key for this proxy")
 
 
-def _inspect_body(route: str, body: bytes) -> tuple[str | None, bool]:
-    """The request's model and whether it asks for a stream; validates model routes."""
-    if route not in _MODEL_ROUTES:
-        try:
-            obj = json.loads(body) if body else None
-        except ValueError:
-            return None, False
-        if isinstance(obj, dict):
-            model = obj.get("model")
-            return (model if isinstance(model, str) else None), obj.get("stream") is True
-        return None, False
-    try:
-        obj = json.loads(body)
-    except ValueError as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidJSON("request body must be a JSON object")
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise MissingModel("you must provide a model parameter")
-    return model, obj.get("stream") is True
+@dataclass
+class Runtime:
+    """What the handlers use; swapped as a whole when the config is reloaded."""
+
+    router: Router
+    persister: Persister
 
 
-def pick_account(config: Config, model: str | None) -> AccountConfig:
-    return config.accounts[0]
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def build_runtime(config: Config) -> Runtime:
+    pool = make_pool(config)
+    router = Router(config, pool, oauth_accounts(config))
+    return Runtime(router, Persister(pool, open_store(config.state_path)))
+
+
+def oauth_accounts(config: Config) -> dict[str, OAuthAccount]:
+    return {
+        acc.name: OAuthAccount(
+            acc.name,
+            acc.credentials,
+            token_url=acc.token_url or DEFAULT_TOKEN_URL,
+            client_id=acc.client_id or DEFAULT_CLIENT_ID,
+        )
+        for acc in config.accounts
+        if acc.kind == "qwen-oauth"
+    }
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     """Forward one /v1 request to an upstream account and relay its answer."""
-    app = request.app
-    config = app[CONFIG]
-    outcome: Outcome = request[OUTCOME]
-    check_client(request, config.server.api_keys)
-    tail = request.match_info["tail"]
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"request body exceeds {config.server.max_body_bytes} bytes") from None
-    model, stream = _inspect_body(tail, body) if request.method == "POST" else (None, False)
-    outcome.model, outcome.stream = model, stream
-    account = pick_account(config, model)
-    outcome.account = account.name
-    headers = up.request_headers(request.headers, account, outcome.request_id)
-    url = up.target_url(account, tail, request.query_string)
-    resp = await up.send(app[SESSION], account, request.method, url, headers, body, config.timeouts)
-    out_headers = up.response_headers(resp.headers)
-    out_headers["X-Request-ID"] = outcome.request_id
-    ctype = resp.headers.get("Content-Type", "")
-    if resp.status < 400 and ctype.startswith("text/event-stream"):
-        outcome.stream = True
-        shaper = OpenAIShaper(
-            keep_event_names=tail not in _COMPLETION_ROUTES,
-            check_endings=tail in _COMPLETION_ROUTES,
-        )
-        trace = log.bind(request_id=outcome.request_id) if debug_streaming_enabled() else None
-        return await relay_stream(
-            request,
-            resp,
-            out_headers,
-            shaper,
-            outcome,
-            timeouts=config.timeouts,
-            max_event_bytes=config.server.max_event_bytes,
-            log=trace,
-        )
-    data = await read_body(resp, config.server.max_event_bytes * 8, config.timeouts)
-    if resp.status >= 400:
-        # Some upstreams echo the key they were sent; it must not reach the client.
-        data = normalize_error(redactor.scrub_known(data))
-        out_headers["Content-Type"] = "application/json"
-    outcome.status = resp.status
-    outcome.first_byte = time.monotonic()
-    outcome.bytes_out = len(data)
-    return web.Response(status=resp.status, body=data, headers=out_headers)
+    rt = request.app[RUNTIME]
+    check_client(request, rt.router.config.server.api_keys)
+    return await forward(
+        request, rt.router, request.app[SESSION], request[OUTCOME], debug_streaming_enabled()
+    )
+
+
+async def admin_accounts(request: web.Request) -> web.StreamResponse:
+    """Per-account state; protected by server.admin_key, and never shows a secret."""
+    rt = request.app[RUNTIME]
+    key = rt.router.config.server.admin_key
+    if not key:
+        raise NotFound("the admin endpoints are off: set server.admin_key to enable them")
+    check_client(request, (key,))
+    body = {"accounts": rt.router.pool.snapshot(time.time())}
+    return web.json_response(body, dumps=lambda o: json.dumps(o, indent=2))
 
 
 async def _session_ctx(app: web.Application) -> Any:
     app[SESSION] = up.make_session()
+    rt = app[RUNTIME]
+    await rt.persister.restore()
+    rt.persister.start()
     yield
+    await rt.persister.stop()
     await app[SESSION].close()
 
 
@@ -202,10 +172,11 @@ def create_app(config: Config) -> web.Application:
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
     )
-    app[CONFIG] = config
+    app[RUNTIME] = build_runtime(config)
     app.cleanup_ctx.append(_session_ctx)
     app.router.add_route("POST", "/v1/{tail:.+}", proxy)
     app.router.add_route("GET", "/v1/{tail:.+}", proxy)
+    app.router.add_route("GET", "/admin/accounts", admin_accounts)
     return app
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 T = TypeVar("T")
 
@@ -37,14 +38,40 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 16 * 1024 * 1024
     max_event_bytes: int = 8 * 1024 * 1024
+    admin_key: str | None = None
+
+
+KINDS = ("api_key", "qwen-oauth")
+STRATEGIES = ("round_robin", "least_busy", "fill_first", "weighted")
 
 
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
     name: str
-    base_url: str
+    base_url: str  # for qwen-oauth: "" until the credentials say where
     api_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "api_key"
+    credentials: str = ""
+    token_url: str = ""
+    client_id: str = ""
+    models: tuple[str, ...] = ()
+    priority: int = 0
+    weight: int = 1
+    max_concurrent: int = 0
+    rpm: int = 0
+    daily_requests: int = 0
+    quota_reset: tuple[int, int, str] = (0, 0, "UTC")
+    force_stream: bool = False
+    timeouts: Timeouts | None = None  # overrides of the global [timeouts]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    strategy: str = "round_robin"
+    max_attempts: int = 0  # 0: every eligible account once
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +80,20 @@ class Config:
     server: ServerConfig
     timeouts: Timeouts
     accounts: tuple[AccountConfig, ...]
+    routing: RoutingConfig = RoutingConfig()
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    state_path: str = ":memory:"
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for the log redactor."""
         out = [a.api_key for a in self.accounts if a.api_key]
         out.extend(self.server.api_keys)
+        if self.server.admin_key:
+            out.append(self.server.admin_key)
         return out
+
+    def timeouts_for(self, account: AccountConfig) -> Timeouts:
+        return account.timeouts or self.timeouts
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
@@ -182,7 +217,18 @@ def _timeouts(r: _Reader, base: Timeouts) -> Timeouts:
     return t
 
 
-def _server(r: _Reader) -> ServerConfig:
+def _secret(r: _Reader, name: str, env: Mapping[str, str]) -> str | None:
+    """``name`` or ``name_env`` (the name of an environment variable holding it)."""
+    value = r.get(name, str, "") or None
+    var = r.get(f"{name}_env", str, "")
+    if var:
+        r.check(f"{name}_env", value is None, f"give {name} or {name}_env, not both")
+        value = env.get(var)
+        r.check(f"{name}_env", bool(value), f"environment variable {var!r} is not set")
+    return value
+
+
+def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
     d = ServerConfig()
     port = r.get("port", int, d.port)
     r.check("port", 0 <= port <= 65535, "must be between 0 and 65535")
@@ -192,6 +238,7 @@ def _server(r: _Reader) -> ServerConfig:
         api_keys=r.strings("api_keys"),
         max_body_bytes=r.get("max_body_bytes", int, d.max_body_bytes),
         max_event_bytes=r.get("max_event_bytes", int, d.max_event_bytes),
+        admin_key=_secret(r, "admin_key", env),
     )
     r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
     r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")
@@ -199,10 +246,8 @@ def _server(r: _Reader) -> ServerConfig:
     return s
 
 
-def _account(r: _Reader, env: Mapping[str, str]) -> AccountConfig:
-    name = r.require("name", str)
-    r.check("name", bool(name.strip()), "must not be empty")
-    base_url = r.require("base_url", str).rstrip("/")
+def _base_url(r: _Reader, base_url: str) -> str:
+    base_url = base_url.rstrip("/")
     try:
         parts = urlsplit(base_url)
         _ = parts.port  # raises ValueError for a port that is not a number in range
@@ -212,17 +257,113 @@ def _account(r: _Reader, env: Mapping[str, str]) -> AccountConfig:
     # urlsplit silently drops tabs and newlines, which would then reach the upstream URL.
     ok = ok and not any(c.isspace() or not c.isprintable() for c in base_url)
     r.check("base_url", ok, f"expected an http:// or https:// URL, got {base_url!r}")
-    api_key = r.get("api_key", str, "") or None
-    key_env = r.get("api_key_env", str, "")
-    if key_env:
-        r.check("api_key_env", api_key is None, "give api_key or api_key_env, not both")
-        api_key = env.get(key_env)
-        r.check("api_key_env", bool(api_key), f"environment variable {key_env!r} is not set")
+    return base_url
+
+
+_RESET = re.compile(r"^(\d{1,2}):(\d{2})(?:\s+(\S+))?$")
+
+
+def _quota_reset(r: _Reader) -> tuple[int, int, str]:
+    text = r.get("quota_reset", str, "00:00 UTC").strip()
+    m = _RESET.match(text)
+    problem = 'expected "HH:MM" or "HH:MM Area/City", e.g. "00:00 Asia/Shanghai"'
+    r.check("quota_reset", m is not None, problem)
+    assert m is not None
+    hour, minute, zone = int(m[1]), int(m[2]), m[3] or "UTC"
+    r.check("quota_reset", hour < 24 and minute < 60, problem)
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise r.fail("quota_reset", f"unknown time zone {zone!r}") from None
+    return hour, minute, zone
+
+
+def _count(r: _Reader, name: str, default: int) -> int:
+    value = r.get(name, int, default)
+    r.check(name, value >= 0, "must not be negative")
+    return value
+
+
+def _account(r: _Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountConfig:
+    name = r.require("name", str)
+    r.check("name", bool(name.strip()), "must not be empty")
+    kind = r.get("kind", str, "api_key")
+    r.check("kind", kind in KINDS, f"expected one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "qwen-oauth":
+        credentials = r.get("credentials", str, "~/.qwen/oauth_creds.json")
+        r.check("api_key", "api_key" not in r.table, 'not used with kind = "qwen-oauth"')
+        r.check("api_key_env", "api_key_env" not in r.table, 'not used with kind = "qwen-oauth"')
+        base_url = _base_url(r, r.get("base_url", str, "")) if "base_url" in r.table else ""
+        token_url = r.get("token_url", str, "")
+        if token_url:
+            _base_url(_Reader(r.path, {}, r.key("token_url")), token_url)
+        client_id = r.get("client_id", str, "")
+    else:
+        credentials = token_url = client_id = ""
+        base_url = _base_url(r, r.require("base_url", str))
+    api_key = _secret(r, "api_key", env)
+    weight = _count(r, "weight", 1)
+    r.check("weight", weight > 0, "must be at least 1")
+    sub_timeouts = _timeouts(r.sub("timeouts"), timeouts) if "timeouts" in r.table else None
     acc = AccountConfig(
-        name=name, base_url=base_url, api_key=api_key, headers=r.header_table("headers")
+        name=name,
+        base_url=base_url,
+        api_key=api_key,
+        headers=r.header_table("headers"),
+        kind=kind,
+        credentials=credentials,
+        token_url=token_url,
+        client_id=client_id,
+        models=r.strings("models"),
+        priority=r.get("priority", int, 0),
+        weight=weight,
+        max_concurrent=_count(r, "max_concurrent", 0),
+        rpm=_count(r, "rpm", 0),
+        daily_requests=_count(r, "daily_requests", 0),
+        quota_reset=_quota_reset(r),
+        force_stream=r.get("force_stream", bool, False),
+        timeouts=sub_timeouts,
     )
     r.done()
     return acc
+
+
+def _routing(r: _Reader) -> RoutingConfig:
+    d = RoutingConfig()
+    strategy = r.get("strategy", str, d.strategy)
+    r.check(
+        "strategy",
+        strategy in STRATEGIES,
+        f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}",
+    )
+    out = RoutingConfig(
+        strategy=strategy,
+        max_attempts=_count(r, "max_attempts", d.max_attempts),
+        breaker_threshold=_count(r, "breaker_threshold", d.breaker_threshold),
+        breaker_cooldown=_positive(
+            r, "breaker_cooldown", r.get("breaker_cooldown", float, d.breaker_cooldown)
+        ),
+    )
+    r.check("breaker_threshold", out.breaker_threshold > 0, "must be at least 1")
+    r.done()
+    return out
+
+
+def _aliases(r: _Reader) -> dict[str, str]:
+    aliases = r.string_table("aliases")
+    r.done()
+    return aliases
+
+
+def _state_path(r: _Reader, config_path: str) -> str:
+    path = r.get("path", str, "seamline-state.db")
+    r.done()
+    if path == ":memory:":
+        return path
+    p = Path(path).expanduser()
+    if not p.is_absolute() and config_path not in ("<config>", ""):
+        p = Path(config_path).resolve().parent / p
+    return str(p)
 
 
 def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
@@ -233,8 +374,11 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
     except ValueError as exc:  # TOMLDecodeError, or an integer past Python's digit limit
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     root = _Reader(path, raw, "")
-    server = _server(root.sub("server"))
+    server = _server(root.sub("server"), env)
     timeouts = _timeouts(root.sub("timeouts"), Timeouts())
+    routing = _routing(root.sub("routing"))
+    aliases = _aliases(root.sub("models"))
+    state_path = _state_path(root.sub("state"), path)
     raw_accounts = root.table.pop("accounts", [])
     if not isinstance(raw_accounts, list):
         raise root.fail("accounts", "expected an array of tables ([[accounts]])")
@@ -242,14 +386,22 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
     for i, entry in enumerate(raw_accounts):
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: accounts[{i}]: expected a table")
-        acc = _account(_Reader(path, entry, f"accounts[{i}]"), env)
+        acc = _account(_Reader(path, entry, f"accounts[{i}]"), env, timeouts)
         if any(a.name == acc.name for a in accounts):
             raise ConfigError(f"{path}: accounts[{i}].name: duplicate account name {acc.name!r}")
         accounts.append(acc)
     if not accounts:
         raise ConfigError(f"{path}: accounts: at least one [[accounts]] entry is required")
     root.done()
-    return Config(path=path, server=server, timeouts=timeouts, accounts=tuple(accounts))
+    return Config(
+        path=path,
+        server=server,
+        timeouts=timeouts,
+        accounts=tuple(accounts),
+        routing=routing,
+        aliases=aliases,
+        state_path=state_path,
+    )
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

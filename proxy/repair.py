@@ -24,6 +24,7 @@ PING_EVENTS = frozenset({b"ping", b"heartbeat", b"keep-alive", b"keepalive"})
 # parsed per event.
 _FINISH = re.compile(rb'(?P<reason>"finish_reason"\s*:\s*")|"choices"\s*:\s*\[\s*\]')
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 TRUNCATED = "upstream stream ended before the answer was complete (truncated: no finish_reason)"
 
 
@@ -83,6 +84,22 @@ def _ends_answer(data: bytes) -> bool:
     return match["reason"] is not None or _USAGE.search(data) is not None
 
 
+def usage_of(body: bytes) -> tuple[int, int] | None:
+    """Prompt and completion tokens of a JSON payload's ``usage``, if it has one."""
+    try:
+        obj: Any = json.loads(body)
+    except ValueError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+    completion = usage.get("completion_tokens") or usage.get("output_tokens") or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion
+
+
 def data_block(data: bytes) -> bytes:
     """One event as ``data:`` lines and the blank line that dispatches it."""
     if b"\n" not in data:
@@ -99,9 +116,14 @@ class OpenAIShaper:
     empty events that fail to parse.
     """
 
-    def __init__(self, keep_event_names: bool = False, check_endings: bool = True) -> None:
+    def __init__(
+        self, keep_event_names: bool = False, check_endings: bool = True, strip_usage: bool = False
+    ) -> None:
         self.keep_event_names = keep_event_names
         self.check_endings = check_endings
+        # seamline asked for the usage chunk, the client did not: it must not see it.
+        self.strip_usage = strip_usage
+        self.usage: tuple[int, int] | None = None
         self.finished = False  # a chunk that ends the answer was seen
         self.done = False  # [DONE] was sent; nothing may follow it
         self.events = 0  # data events written
@@ -160,6 +182,11 @@ class OpenAIShaper:
         if stripped.startswith(DONE):
             self.done = True
             return DONE_EVENT
+        if _USAGE.search(data) is not None:
+            self.usage = usage_of(data) or self.usage
+            if self.strip_usage and _NO_CHOICES.search(data) is not None:
+                self.finished = True
+                return b""
         self.events += 1
         if not self.finished and _ends_answer(data):
             self.finished = True

@@ -78,23 +78,25 @@ def make_session() -> aiohttp.ClientSession:
     )
 
 
-def target_url(account: AccountConfig, tail: str, query: str) -> str:
+def target_url(base_url: str, tail: str, query: str) -> str:
     """``base_url`` + the client's path after ``/v1`` + its query string."""
-    url = account.base_url + "/" + tail.lstrip("/")
+    url = base_url.rstrip("/") + "/" + tail.lstrip("/")
     return f"{url}?{query}" if query else url
 
 
 def request_headers(
-    client: Mapping[str, str], account: AccountConfig, request_id: str
+    client: Mapping[str, str], account: AccountConfig, request_id: str, token: str | None = None
 ) -> CIMultiDict[str]:
+    """The client's headers minus its credentials and hop-by-hop ones, plus the account's."""
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client.items():
         if name.lower() not in _DROP_REQUEST:
             out.add(name, value)
     out["Accept-Encoding"] = "identity"
     out["X-Request-ID"] = request_id
-    if account.api_key:
-        out["Authorization"] = f"Bearer {account.api_key}"
+    key = token or account.api_key
+    if key:
+        out["Authorization"] = f"Bearer {key}"
     for name, value in account.headers.items():
         out[name] = value
     return out
@@ -135,7 +137,6 @@ def map_error(exc: BaseException, timeouts: Timeouts, *, headers_phase: bool) ->
 
 async def send(
     session: aiohttp.ClientSession,
-    account: AccountConfig,
     method: str,
     url: str,
     headers: CIMultiDict[str],

@@ -117,7 +117,10 @@ async def upstream(aiohttp_server: Any) -> Upstream:
 
 
 def config_text(*accounts: tuple[str, str], extra: str = "", server: str = "") -> str:
-    text = f"[server]\nport = 0\n{server}\n{extra}\n"
+    text = f"[server]\nport = 0\n{server}\n"
+    if "[state]" not in extra:
+        text += '[state]\npath = ":memory:"\n'
+    text += f"{extra}\n"
     for name, url in accounts:
         text += f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\n'
         text += f'api_key = "sk-test-{name}-secret"\n'

@@ -1,0 +1,287 @@
+"""Failover before the first byte: try eligible accounts until one answers usefully.
+
+The pool (pure) decides who is next and remembers what each answer meant; this
+module makes the calls, reads error bodies, and keeps failed attempts out of the
+client's sight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict
+
+from . import upstream as up
+from .accounts import AccountState, Limits, Pool, Strategy
+from .config import AccountConfig, Config
+from .errors import NoAccount, NotFound, RateLimited, SeamlineError, UpstreamError
+from .health import FAILOVER, Verdict, classify, parse_retry_after
+from .logs import get_logger, redactor
+from .oauth import OAuthAccount, OAuthError, OAuthRevoked
+from .relay import Outcome, read_body
+
+log = get_logger("seamline.routing")
+
+ERROR_BODY_LIMIT = 1024 * 1024
+
+
+def limits_of(acc: AccountConfig) -> Limits:
+    hour, minute, tz = acc.quota_reset
+    return Limits(
+        name=acc.name,
+        models=acc.models,
+        priority=acc.priority,
+        weight=acc.weight,
+        max_concurrent=acc.max_concurrent,
+        rpm=acc.rpm,
+        daily_requests=acc.daily_requests,
+        reset_hour=hour,
+        reset_minute=minute,
+        reset_tz=tz,
+    )
+
+
+def make_pool(config: Config) -> Pool:
+    r = config.routing
+    return Pool(
+        [limits_of(a) for a in config.accounts],
+        strategy=Strategy(r.strategy),
+        breaker_threshold=r.breaker_threshold,
+        breaker_cooldown=r.breaker_cooldown,
+    )
+
+
+@dataclass
+class UpstreamAnswer:
+    """A usable upstream answer: the caller relays it, then calls ``finish``."""
+
+    account: AccountConfig
+    state: AccountState
+    response: aiohttp.ClientResponse
+
+
+@dataclass
+class FailedAnswer:
+    """An upstream error answer the client gets as it is (status, headers, body)."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass
+class FailedOver:
+    """The account failed in a way that moves on to the next one.
+
+    ``answer`` is what the client gets should every account fail so (5xx bodies are
+    informative; a rate limit or a rejected key is better told by seamline itself).
+    """
+
+    answer: FailedAnswer | None
+
+
+@dataclass
+class Router:
+    """Accounts, the pool and OAuth state for one config; replaced whole on reload."""
+
+    config: Config
+    pool: Pool
+    oauth: dict[str, OAuthAccount] = field(default_factory=dict)
+
+    @property
+    def accounts(self) -> dict[str, AccountConfig]:
+        return {a.name: a for a in self.config.accounts}
+
+    def model_for(self, model: str | None) -> str | None:
+        if model is None:
+            return None
+        return self.config.aliases.get(model, model)
+
+    async def open(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        tail: str,
+        query: str,
+        client_headers: Mapping[str, str],
+        bodies: tuple[bytes, bytes],
+        model: str | None,
+        outcome: Outcome,
+    ) -> UpstreamAnswer | FailedAnswer:
+        """Send to accounts in turn until one gives a usable answer.
+
+        ``bodies`` is (the body to send, the client's original body): they differ when
+        seamline added ``stream_options``, and an upstream that rejects that with a
+        400 is asked once more with the original.
+        """
+        pool = self.pool
+        accounts = self.accounts
+        tried: list[str] = []
+        limit = self.config.routing.max_attempts or len(pool.serving(model))
+        last_failure: FailedAnswer | None = None
+        last_error: SeamlineError | None = None
+        while len(tried) < limit:
+            now = time.time()
+            st = pool.pick(model, now, exclude=tried)
+            if st is None:
+                break
+            tried.append(st.name)
+            acc = accounts[st.name]
+            pool.acquire(st, now)
+            try:
+                answer = await self._attempt(
+                    session, acc, st, method, tail, query, client_headers, bodies, outcome
+                )
+            except UpstreamError as exc:
+                pool.release(st)
+                last_error = exc
+                continue
+            except BaseException:
+                pool.release(st)
+                raise
+            if isinstance(answer, FailedOver):
+                pool.release(st)
+                last_failure = answer.answer or last_failure
+                continue
+            if isinstance(answer, FailedAnswer):
+                pool.release(st)
+            outcome.account = acc.name
+            return answer
+        now = time.time()
+        if not tried:
+            raise _unavailable(pool, model, now)
+        verdict = pool.unavailable(model, now)
+        if verdict.status == 429:
+            raise RateLimited(verdict.message, retry_after=verdict.retry_after)
+        if last_failure is not None:
+            return last_failure
+        if last_error is not None:
+            raise last_error
+        raise NoAccount(verdict.message, retry_after=verdict.retry_after)
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        acc: AccountConfig,
+        st: AccountState,
+        method: str,
+        tail: str,
+        query: str,
+        client_headers: Mapping[str, str],
+        bodies: tuple[bytes, bytes],
+        outcome: Outcome,
+    ) -> UpstreamAnswer | FailedAnswer | FailedOver:
+        """One account: a usable answer, a client error, or FailedOver (pool told)."""
+        pool = self.pool
+        timeouts = self.config.timeouts_for(acc)
+        body, original = bodies
+        oauth = self.oauth.get(acc.name)
+        token: str | None = None
+        retried_401 = retried_body = False
+        while True:
+            try:
+                base_url = acc.base_url
+                if oauth is not None:
+                    token = await oauth.token(session, time.time())
+                    base_url = acc.base_url or oauth.base_url
+                headers = up.request_headers(client_headers, acc, outcome.request_id, token)
+                url = up.target_url(base_url, tail, query)
+                resp = await up.send(session, method, url, headers, body, timeouts)
+            except OAuthRevoked as exc:
+                self._disable(st, exc.message, persist=True, outcome=outcome)
+                raise
+            except UpstreamError as exc:
+                pool.failed(st, time.time(), exc.message)
+                _note(outcome, acc, exc.message)
+                raise
+            if resp.status < 400:
+                pool.succeeded(st)
+                return UpstreamAnswer(acc, st, resp)
+            err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
+            verdict = classify(resp.status, err_body)
+            now = time.time()
+            if verdict is Verdict.AUTH and oauth is not None and token and not retried_401:
+                retried_401 = True
+                try:
+                    await oauth.refresh_after_401(session, token)
+                except OAuthRevoked as exc:
+                    self._disable(st, exc.message, persist=True, outcome=outcome)
+                    raise
+                except OAuthError as exc:
+                    pool.failed(st, now, exc.message)
+                    _note(outcome, acc, exc.message)
+                    raise
+                continue
+            if (
+                verdict is Verdict.CLIENT_ERROR
+                and resp.status == 400
+                and body is not original
+                and not retried_body
+            ):
+                retried_body = True  # maybe it refused the stream_options we added
+                body = original
+                continue
+            out_headers = up.response_headers(resp.headers)
+            if verdict not in FAILOVER:
+                return FailedAnswer(resp.status, out_headers, err_body)
+            reason = f"{resp.status} {verdict.value}"
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), now)
+            if verdict is Verdict.QUOTA:
+                pool.quota_exhausted(st, now, retry_after)
+            elif verdict is Verdict.RATE:
+                pool.rate_limited(st, now, retry_after)
+            elif verdict is Verdict.AUTH:
+                self._disable(
+                    st,
+                    f"upstream answered {resp.status}: credentials rejected",
+                    persist=False,
+                    outcome=outcome,
+                )
+                return FailedOver(None)
+            else:
+                pool.failed(st, now, reason)
+                _note(outcome, acc, reason)
+                return FailedOver(FailedAnswer(resp.status, out_headers, err_body))
+            _note(outcome, acc, reason)
+            return FailedOver(None)
+
+    def _disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
+        if self.pool.disable(st, reason, persist=persist):
+            log.error(
+                "account_disabled", account=st.name, reason=reason, request_id=outcome.request_id
+            )
+        _note(outcome, self.accounts[st.name], reason)
+
+    def finish(
+        self,
+        answer: UpstreamAnswer,
+        outcome: Outcome,
+        usage: tuple[int, int] | None,
+        broken: str | None,
+    ) -> None:
+        """The relay is over: release the account and book usage or the failure."""
+        pool = self.pool
+        now = time.time()
+        pool.release(answer.state)
+        if usage is not None:
+            pool.add_usage(answer.state, usage[0], usage[1], now)
+        if broken is not None:
+            pool.failed(answer.state, now, broken)
+
+
+def _note(outcome: Outcome, acc: AccountConfig, reason: str) -> None:
+    outcome.attempts.append({"account": acc.name, "reason": redactor.scrub(reason)})
+
+
+def _unavailable(pool: Pool, model: str | None, now: float) -> SeamlineError:
+    verdict = pool.unavailable(model, now)
+    if verdict.status == 404:
+        err: SeamlineError = NotFound(verdict.message)
+        err.code = "model_not_found"
+        return err
+    if verdict.status == 429:
+        return RateLimited(verdict.message, retry_after=verdict.retry_after)
+    return NoAccount(verdict.message, retry_after=verdict.retry_after)
