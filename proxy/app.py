@@ -20,7 +20,7 @@ from .errors import BodyTooLarge, MethodNotAllowed, NotFound, SeamlineError, Una
 from .forward import forward
 from .logs import debug_streaming_enabled, get_logger, redactor
 from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
-from .relay import Outcome
+from .outcome import Outcome
 from .routing import Router, make_pool
 from .state import Persister, open_store
 

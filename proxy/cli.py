@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
+    accounts = sub.add_parser("accounts", help="inspect accounts or log one in")
+    asub = accounts.add_subparsers(dest="action", required=True)
+    status = asub.add_parser("status", help="print each account's persisted state")
+    status.add_argument("--config", default="config.toml", help="TOML config file")
+    login = asub.add_parser("login", help="OAuth device-code login for a qwen-oauth account")
+    login.add_argument("name", help="the account's name in the config")
+    login.add_argument("--config", default="config.toml", help="TOML config file")
     return p
 
 
@@ -99,6 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _load_or_exit(args.path)
         print(f"{args.path}: ok ({len(config.accounts)} account(s))")
         return 0
+    if args.command == "accounts":
+        from .accounts_cli import login, print_status
+
+        config = _load_or_exit(args.config)
+        if args.action == "status":
+            print_status(config)
+            return 0
+        return asyncio.run(login(config, args.name))
     configure()
     config = _load_or_exit(args.config)
     raise_open_file_limit()

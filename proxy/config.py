@@ -39,6 +39,7 @@ class ServerConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     max_event_bytes: int = 8 * 1024 * 1024
     admin_key: str | None = None
+    heartbeat_s: float = 15.0
 
 
 KINDS = ("api_key", "qwen-oauth")
@@ -54,6 +55,7 @@ class AccountConfig:
     kind: str = "api_key"
     credentials: str = ""
     token_url: str = ""
+    device_url: str = ""
     client_id: str = ""
     models: tuple[str, ...] = ()
     priority: int = 0
@@ -239,6 +241,7 @@ def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
         max_body_bytes=r.get("max_body_bytes", int, d.max_body_bytes),
         max_event_bytes=r.get("max_event_bytes", int, d.max_event_bytes),
         admin_key=_secret(r, "admin_key", env),
+        heartbeat_s=_positive(r, "heartbeat_s", r.get("heartbeat_s", float, d.heartbeat_s)),
     )
     r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
     r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")
@@ -295,11 +298,13 @@ def _account(r: _Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountC
         r.check("api_key_env", "api_key_env" not in r.table, 'not used with kind = "qwen-oauth"')
         base_url = _base_url(r, r.get("base_url", str, "")) if "base_url" in r.table else ""
         token_url = r.get("token_url", str, "")
-        if token_url:
-            _base_url(_Reader(r.path, {}, r.key("token_url")), token_url)
+        device_url = r.get("device_url", str, "")
+        for key, url in (("token_url", token_url), ("device_url", device_url)):
+            if url:
+                _base_url(_Reader(r.path, {}, r.key(key)), url)
         client_id = r.get("client_id", str, "")
     else:
-        credentials = token_url = client_id = ""
+        credentials = token_url = device_url = client_id = ""
         base_url = _base_url(r, r.require("base_url", str))
     api_key = _secret(r, "api_key", env)
     weight = _count(r, "weight", 1)
@@ -313,6 +318,7 @@ def _account(r: _Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountC
         kind=kind,
         credentials=credentials,
         token_url=token_url,
+        device_url=device_url,
         client_id=client_id,
         models=r.strings("models"),
         priority=r.get("priority", int, 0),

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .convert import completion_to_sse
 from .errors import BodyTooLarge, InvalidJSON, MissingModel
 from .logs import get_logger, redactor
-from .relay import Outcome, read_body, relay_stream
-from .repair import OpenAIShaper, normalize_error, usage_of
-from .routing import FailedAnswer, Router, UpstreamAnswer
+from .outcome import Outcome
+from .relay import SSE_HEADERS, collect_stream, read_body, relay_stream
+from .repair import OpenAIShaper, error_status, normalize_error, usage_from, usage_of
+from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .upstream import response_headers
 
 log = get_logger("seamline")
@@ -55,31 +58,44 @@ def inspect_body(route: str, body: bytes) -> ClientRequest:
     )
 
 
-def upstream_body(route: str, req: ClientRequest, upstream_model: str | None) -> tuple[bytes, bool]:
-    """The body to send upstream, and whether the client's stream must lose a usage chunk.
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How this request goes upstream and what the client must get back."""
 
-    The client's bytes go upstream untouched unless a model alias applies or the
-    usage chunk has to be asked for (so that every stream can be accounted).
+    bodies: Bodies
+    strip_usage: bool  # seamline asked for the usage chunk; the client did not
+    client_usage: bool  # the client asked for the usage chunk
+
+
+def plan_request(route: str, req: ClientRequest, upstream_model: str | None) -> Plan:
+    """The bodies to send upstream.
+
+    The client's bytes go upstream untouched unless a model alias applies, the usage
+    chunk has to be asked for (so that every stream can be accounted), or an account
+    with ``force_stream`` needs a streaming body for a non-streaming client.
     """
     obj = req.obj
     if obj is None or route not in COMPLETION_ROUTES:
-        return req.body, False
-    changes: dict[str, Any] = {}
+        return Plan(Bodies(req.body, req.body), False, False)
+    base: dict[str, Any] = {}
     if upstream_model is not None and upstream_model != req.model:
-        changes["model"] = upstream_model
-    strip_usage = False
+        base["model"] = upstream_model
+    options = obj.get("stream_options")
+    options = options if isinstance(options, dict) else {}
+    client_usage = req.stream and options.get("include_usage") is True
+    with_usage = {"stream_options": {**options, "include_usage": True}}
     if req.stream:
-        options = obj.get("stream_options")
-        if not isinstance(options, dict) or options.get("include_usage") is not True:
-            changes["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
-            strip_usage = True
+        changes = base if client_usage else {**base, **with_usage}
+        send = _rewrite(req.body, obj, changes)
+        return Plan(Bodies(send, req.body), not client_usage, client_usage)
+    forced = _rewrite(req.body, obj, {**base, "stream": True, **with_usage})
+    return Plan(Bodies(_rewrite(req.body, obj, base), req.body, forced), False, False)
+
+
+def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
     if not changes:
-        return req.body, False
-    new = json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":"))
-    return new.encode(), strip_usage
+        return body
+    return json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def forward(
@@ -99,20 +115,20 @@ async def forward(
     req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
-    body, strip_usage = upstream_body(tail, req, model)
+    plan = plan_request(tail, req, model)
     answer = await router.open(
         session,
         request.method,
         tail,
         request.query_string,
         request.headers,
-        (body, raw),
+        plan.bodies,
         model,
         outcome,
     )
     if isinstance(answer, FailedAnswer):
         return _failed(answer, outcome)
-    return await _relay(request, router, answer, outcome, tail, strip_usage, trace)
+    return await _relay(request, router, answer, outcome, tail, req, plan, trace)
 
 
 def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:
@@ -132,48 +148,107 @@ async def _relay(
     answer: UpstreamAnswer,
     outcome: Outcome,
     tail: str,
-    strip_usage: bool,
+    req: ClientRequest,
+    plan: Plan,
     trace: bool,
 ) -> web.StreamResponse:
     config = router.config
     resp = answer.response
     timeouts = config.timeouts_for(answer.account)
-    out_headers: CIMultiDict[str] = _response_headers(resp, outcome)
+    limit = config.server.max_event_bytes * 8
+    headers = response_headers(resp.headers)
+    headers["X-Request-ID"] = outcome.request_id
     usage: tuple[int, int] | None = None
+    completions = tail in COMPLETION_ROUTES
+    tracer = log.bind(request_id=outcome.request_id) if trace else None
     try:
         if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            if completions and not req.stream:
+                # A stream for a client that asked for one JSON answer.
+                agg, error = await collect_stream(
+                    resp, timeouts, config.server.max_event_bytes, limit
+                )
+                usage = usage_from(agg.usage)
+                if error is not None:
+                    return _json(outcome, headers, error_status(error), error)
+                if tracer is not None:
+                    tracer.debug("repair", kind="stream_aggregated")
+                outcome.repairs["stream_aggregated"] = 1
+                return _json(outcome, headers, resp.status, _dumps(agg.result()))
             outcome.stream = True
             shaper = OpenAIShaper(
-                keep_event_names=tail not in COMPLETION_ROUTES,
-                check_endings=tail in COMPLETION_ROUTES,
-                strip_usage=strip_usage,
+                keep_event_names=not completions,
+                check_endings=completions,
+                strip_usage=plan.strip_usage,
+                trace=None if tracer is None else partial(_trace_repair, tracer),
             )
-            tracer = log.bind(request_id=outcome.request_id) if trace else None
             try:
                 return await relay_stream(
                     request,
                     resp,
-                    out_headers,
+                    headers,
                     shaper,
                     outcome,
                     timeouts=timeouts,
                     max_event_bytes=config.server.max_event_bytes,
+                    heartbeat=config.server.heartbeat_s,
                     log=tracer,
                 )
             finally:
                 usage = shaper.usage
-        data = await read_body(resp, config.server.max_event_bytes * 8, timeouts)
+        data = await read_body(resp, limit, timeouts)
         usage = usage_of(data)
-        outcome.status = resp.status
-        outcome.first_byte = time.monotonic()
-        outcome.bytes_out = len(data)
-        return web.Response(status=resp.status, body=data, headers=out_headers)
+        if completions and req.stream and resp.status < 400:
+            return _json_to_stream(outcome, headers, resp.status, data, plan, tracer)
+        return _json(outcome, headers, resp.status, data)
     finally:
         broken = outcome.error if not outcome.client_gone else None
         router.finish(answer, outcome, usage, broken)
 
 
-def _response_headers(resp: aiohttp.ClientResponse, outcome: Outcome) -> CIMultiDict[str]:
-    headers = response_headers(resp.headers)
-    headers["X-Request-ID"] = outcome.request_id
-    return headers
+def _json_to_stream(
+    outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes, plan: Plan, tracer: Any
+) -> web.Response:
+    """A streaming client answered with JSON: a completion becomes its chunk stream,
+    an error object an HTTP error (nothing was streamed yet)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and obj.get("error"):
+        payload = normalize_error(data)
+        return _json(outcome, headers, error_status(payload), payload)
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+        return _json(outcome, headers, status, data)
+    if tracer is not None:
+        tracer.debug("repair", kind="json_to_stream")
+    outcome.repairs["json_to_stream"] = 1
+    outcome.stream = True
+    body = completion_to_sse(obj, include_usage=plan.client_usage)
+    outcome.status = status
+    outcome.first_byte = time.monotonic()
+    outcome.bytes_out = len(body)
+    headers.update(SSE_HEADERS)
+    return web.Response(status=status, body=body, headers=headers)
+
+
+def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes) -> web.Response:
+    outcome.status = status
+    outcome.first_byte = time.monotonic()
+    outcome.bytes_out = len(data)
+    if status >= 400:
+        data = normalize_error(redactor.scrub_known(data))
+        headers["Content-Type"] = "application/json"
+    elif "Content-Type" not in headers:
+        headers["Content-Type"] = "application/json"
+    if headers.get("Content-Type", "").startswith("text/event-stream"):
+        headers["Content-Type"] = "application/json"
+    return web.Response(status=status, body=data, headers=headers)
+
+
+def _trace_repair(tracer: Any, kind: str) -> None:
+    tracer.debug("repair", kind=kind)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -9,8 +9,9 @@ wait we do not read the upstream, whose reader then stops reading its socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -18,8 +19,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Timeouts
+from .convert import Aggregator
 from .errors import SeamlineError, StreamTooLarge, UpstreamError
-from .repair import OpenAIShaper, error_event
+from .outcome import Outcome
+from .repair import DONE, OpenAIShaper, error_event, error_json, error_status
 from .sse import EventTooLarge, Reframer
 from .upstream import map_error
 
@@ -31,55 +34,87 @@ SSE_HEADERS = {
 _PREVIEW = 160
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one request; the summary log line is made from it."""
-
-    request_id: str
-    route: str
-    model: str | None = None
-    stream: bool = False
-    account: str | None = None
-    status: int | None = None
-    events: int = 0
-    bytes_out: int = 0
-    started: float = field(default_factory=time.monotonic)
-    first_byte: float | None = None
-    error: str | None = None
-    client_gone: bool = False
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    repairs: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        now = time.monotonic()
-        out: dict[str, Any] = {
-            "request_id": self.request_id,
-            "route": self.route,
-            "model": self.model,
-            "account": self.account,
-            "status": self.status,
-            "streamed": self.stream,
-            "events": self.events,
-            "bytes": self.bytes_out,
-            "ttfb_ms": None
-            if self.first_byte is None
-            else round((self.first_byte - self.started) * 1000, 2),
-            "duration_ms": round((now - self.started) * 1000, 2),
-        }
-        if self.error:
-            out["error"] = self.error
-        if self.client_gone:
-            out["client_gone"] = True
-        if self.attempts:
-            out["failed_attempts"] = self.attempts
-        if self.repairs:
-            out["repairs"] = self.repairs
-        return out
-
-
 def _preview(data: bytes) -> str:
     text = repr(data[:_PREVIEW])[2:-1]
     return text + "..." if len(data) > _PREVIEW else text
+
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class ClientStream:
+    """The client side of one relayed stream.
+
+    Headers go out with the first bytes, not before: until then an error can still
+    be answered with a proper HTTP status. While the upstream is silent for
+    ``heartbeat`` seconds a comment block keeps proxies and load balancers from
+    cutting the connection; it is never sent while a write is pending.
+    """
+
+    def __init__(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        outcome: Outcome,
+        heartbeat: float,
+        log: Any,
+    ) -> None:
+        self.request = request
+        self.resp = resp
+        self.outcome = outcome
+        self.log = log
+        self.prepared = False
+        self.writing = False
+        self._prepare_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+        self.last_read = self._loop.time()
+        self._heartbeat = heartbeat
+        self._timer: asyncio.TimerHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+        if heartbeat > 0:
+            self._timer = self._loop.call_later(heartbeat, self._tick)
+
+    async def write(self, data: bytes) -> None:
+        if not self.prepared:
+            async with self._prepare_lock:
+                if not self.prepared:
+                    await self.resp.prepare(self.request)
+                    self.prepared = True
+        outcome = self.outcome
+        if outcome.first_byte is None:
+            outcome.first_byte = time.monotonic()
+        outcome.bytes_out += len(data)
+        if self.log is not None:
+            self.log.debug("client_write", size=len(data), preview=_preview(data))
+        self.writing = True
+        try:
+            await self.resp.write(data)
+        finally:
+            self.writing = False
+
+    def _tick(self) -> None:
+        idle = self._loop.time() - self.last_read
+        wait = self._heartbeat - idle
+        if wait <= 0:
+            if not self.writing and (self._beat is None or self._beat.done()):
+                self._beat = self._loop.create_task(self._send_beat())
+            wait = self._heartbeat
+        self._timer = self._loop.call_later(wait, self._tick)
+
+    async def _send_beat(self) -> None:
+        # A gone client is noticed by the relay loop on its own next write.
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await self.write(KEEPALIVE)
+        if self.log is not None:
+            self.log.debug("heartbeat")
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beat is not None and not self._beat.done():
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
 
 
 async def relay_stream(
@@ -91,6 +126,7 @@ async def relay_stream(
     *,
     timeouts: Timeouts,
     max_event_bytes: int,
+    heartbeat: float = 0.0,
     log: Any = None,
 ) -> web.StreamResponse:
     """Relay an upstream event stream to the client, repairing it on the way.
@@ -101,20 +137,24 @@ async def relay_stream(
     headers.update(SSE_HEADERS)
     resp = web.StreamResponse(status=upstream.status, headers=headers)
     resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    outcome.status = upstream.status
+    client = ClientStream(request, resp, outcome, heartbeat, log)
     _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
+    loop = asyncio.get_running_loop()
     try:
         try:
             async for chunk in upstream.content.iter_any():
+                client.last_read = loop.time()
                 if log is not None:
                     log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
                 out = shaper.render(reframer.feed(chunk))
                 if out:
-                    await _write(resp, out, outcome, log)
-            out = shaper.render(reframer.close()) + shaper.finish()
+                    if not client.prepared and _only_error(shaper):
+                        break
+                    await client.write(out)
+            else:
+                out = shaper.render(reframer.close()) + shaper.finish()
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
@@ -125,18 +165,57 @@ async def relay_stream(
         if failure is not None:
             out += error_event(failure.message, code=failure.code)
             outcome.error = failure.message
+        if not client.prepared and (
+            _only_error(shaper) or (failure is not None and shaper.events == 0)
+        ):
+            # Nothing reached the client yet: an error can still be an HTTP status.
+            await client.close()
+            return _status_error(shaper, failure, outcome, headers)
         if out:
-            await _write(resp, out, outcome, log)
+            await client.write(out)
+        await client.close()
         await resp.write_eof()
     except ConnectionResetError:
         # The client went away; the finally below closes the upstream at once.
         outcome.client_gone = True
     finally:
+        await client.close()
         upstream.close()
         outcome.events = shaper.events
         if shaper.repairs:
             outcome.repairs = dict(shaper.repairs)
+    outcome.status = upstream.status
     return resp
+
+
+def _only_error(shaper: OpenAIShaper) -> bool:
+    return shaper.errored and shaper.events == 0
+
+
+def _status_error(
+    shaper: OpenAIShaper,
+    failure: SeamlineError | None,
+    outcome: Outcome,
+    headers: CIMultiDict[str],
+) -> web.Response:
+    payload = shaper.error_payload
+    status = 502
+    if payload is None and failure is not None:
+        payload, status = failure.json_bytes(), failure.status
+    elif payload is not None:
+        status = error_status(payload)
+    assert payload is not None
+    outcome.status = status
+    outcome.error = outcome.error or "upstream stream carried an error"
+    outcome.events = 0
+    outcome.bytes_out = len(payload)
+    out_headers = CIMultiDict(
+        (k, v)
+        for k, v in headers.items()
+        if k.lower() not in ("cache-control", "x-accel-buffering")
+    )
+    out_headers["Content-Type"] = "application/json"
+    return web.Response(status=status, body=payload, headers=out_headers)
 
 
 def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
@@ -160,15 +239,6 @@ def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
     closed.add_done_callback(on_closed)
 
 
-async def _write(resp: web.StreamResponse, out: bytes, outcome: Outcome, log: Any) -> None:
-    if outcome.first_byte is None:
-        outcome.first_byte = time.monotonic()
-    outcome.bytes_out += len(out)
-    if log is not None:
-        log.debug("client_write", size=len(out), preview=_preview(out))
-    await resp.write(out)
-
-
 async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Timeouts) -> bytes:
     """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes."""
     parts: list[bytes] = []
@@ -184,3 +254,49 @@ async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Time
     finally:
         upstream.release()
     return b"".join(parts)
+
+
+async def collect_stream(
+    upstream: aiohttp.ClientResponse, timeouts: Timeouts, max_event_bytes: int, limit: int
+) -> tuple[Aggregator, bytes | None]:
+    """Read a whole upstream event stream into one completion, for a non-streaming client.
+
+    Returns the aggregate and, when the stream carried an error or ended before the
+    answer did, that error as OpenAI JSON.
+    """
+    shaper = OpenAIShaper()  # reused for its verdicts: errors, [DONE], glued events
+    agg = Aggregator()
+    reframer = Reframer(max_event_bytes)
+    size = 0
+    _fail_body_on_close(upstream)
+    try:
+        async for chunk in upstream.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"upstream response exceeds {limit} bytes")
+            _aggregate(shaper.render(reframer.feed(chunk)), agg)
+            if shaper.errored or shaper.done:
+                break
+        else:
+            _aggregate(shaper.render(reframer.close()) + shaper.finish(), agg)
+    except EventTooLarge as exc:
+        return agg, error_json(str(exc), code="event_too_large")
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        err = map_error(exc, timeouts, headers_phase=False)
+        return agg, error_json(err.message, code=err.code)
+    finally:
+        upstream.close()
+    return agg, shaper.error_payload
+
+
+def _aggregate(rendered: bytes, agg: Aggregator) -> None:
+    for block in rendered.split(b"\n\n"):
+        if not block.startswith(b"data: "):
+            continue
+        payload = block[6:].replace(b"\ndata: ", b"\n")
+        if payload.startswith(DONE):
+            continue
+        try:
+            agg.add(json.loads(payload))
+        except ValueError:
+            continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .sse import Comment, Event, Item, Stray
@@ -28,12 +29,17 @@ _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 TRUNCATED = "upstream stream ended before the answer was complete (truncated: no finish_reason)"
 
 
-def error_event(message: str, error_type: str = "upstream_error", code: str | None = None) -> bytes:
-    """An SSE block that both openai-python and openai-node raise as an API error."""
+def error_json(message: str, error_type: str = "upstream_error", code: str | None = None) -> bytes:
+    """An OpenAI error object as JSON bytes."""
     body: dict[str, Any] = {"message": message, "type": error_type}
     if code is not None:
         body["code"] = code
-    return b"data: " + json.dumps({"error": body}).encode() + b"\n\n"
+    return json.dumps({"error": body}).encode()
+
+
+def error_event(message: str, error_type: str = "upstream_error", code: str | None = None) -> bytes:
+    """An SSE block that both openai-python and openai-node raise as an API error."""
+    return b"data: " + error_json(message, error_type, code) + b"\n\n"
 
 
 def normalize_error(payload: bytes) -> bytes:
@@ -64,6 +70,20 @@ def normalize_error(payload: bytes) -> bytes:
     return json.dumps({"error": {"message": text, "type": "upstream_error"}}).encode()
 
 
+def error_status(payload: bytes) -> int:
+    """The HTTP status an upstream error object names (``code`` or ``status``), else 502."""
+    try:
+        err = json.loads(payload).get("error")
+    except (ValueError, AttributeError):
+        return 502
+    if isinstance(err, dict):
+        for key in ("status", "code"):
+            value = err.get(key)
+            if isinstance(value, int | str) and str(value).isdigit() and 400 <= int(value) < 600:
+                return int(value)
+    return 502
+
+
 def bare_error(line: bytes) -> bytes | None:
     """The error object in a stray non-SSE line (``{"error": ...}``), else None."""
     if not line.startswith(b"{"):
@@ -90,7 +110,11 @@ def usage_of(body: bytes) -> tuple[int, int] | None:
         obj: Any = json.loads(body)
     except ValueError:
         return None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage_from(obj.get("usage") if isinstance(obj, dict) else None)
+
+
+def usage_from(usage: Any) -> tuple[int, int] | None:
+    """Prompt and completion tokens of a parsed ``usage`` object."""
     if not isinstance(usage, dict):
         return None
     prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
@@ -98,6 +122,33 @@ def usage_of(body: bytes) -> tuple[int, int] | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return prompt, completion
+
+
+def _is_json(text: bytes) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def unglue(data: bytes) -> list[bytes] | None:
+    """Split an event whose data lines are separate JSON values that an upstream
+    forgot to separate with a blank line; None when it is one legitimate value.
+
+    Only multi-line events get here, and they are rare, so parsing is affordable.
+    """
+    lines = data.split(b"\n")
+    if _is_json(data):
+        return None
+    if all(line.strip() == DONE or _is_json(line) for line in lines if line.strip()):
+        return [line for line in lines if line.strip()]
+    return None
+
+
+def looks_like_json(data: bytes) -> bool:
+    """A cheap test (no parsing) that a payload is a JSON object or array."""
+    return (data[:1] == b"{" and data[-1:] == b"}") or (data[:1] == b"[" and data[-1:] == b"]")
 
 
 def data_block(data: bytes) -> bytes:
@@ -117,7 +168,11 @@ class OpenAIShaper:
     """
 
     def __init__(
-        self, keep_event_names: bool = False, check_endings: bool = True, strip_usage: bool = False
+        self,
+        keep_event_names: bool = False,
+        check_endings: bool = True,
+        strip_usage: bool = False,
+        trace: Callable[[str], None] | None = None,
     ) -> None:
         self.keep_event_names = keep_event_names
         self.check_endings = check_endings
@@ -129,6 +184,19 @@ class OpenAIShaper:
         self.events = 0  # data events written
         self.errored = False  # an error event was written
         self.repairs: Counter[str] = Counter()
+        self.error_payload: bytes | None = None  # the first error sent, as JSON
+        self._trace = trace
+
+    def _repair(self, kind: str) -> None:
+        self.repairs[kind] += 1
+        if self._trace is not None:
+            self._trace(kind)
+
+    def _error(self, payload: bytes) -> bytes:
+        self.errored = True
+        if self.error_payload is None:
+            self.error_payload = payload
+        return data_block(payload)
 
     def render(self, items: list[Item]) -> bytes:
         """Bytes for the client for these items (possibly empty)."""
@@ -146,17 +214,16 @@ class OpenAIShaper:
         if self.done or self.errored or not self.check_endings:
             return b""
         if self.finished:
-            self.repairs["done_appended"] += 1
+            self._repair("done_appended")
             self.done = True
             return DONE_EVENT
-        self.repairs["truncated"] += 1
-        self.errored = True
-        return error_event(TRUNCATED)
+        self._repair("truncated")
+        return self._error(error_json(TRUNCATED))
 
     def _one(self, item: Item) -> bytes:
         if self.done:
             if not isinstance(item, Comment):
-                self.repairs["after_done_dropped"] += 1
+                self._repair("after_done_dropped")
             return b""
         if isinstance(item, Event):
             return self._event(item)
@@ -169,19 +236,27 @@ class OpenAIShaper:
         name = ev.event
         if data is not None and name in PING_EVENTS:
             # A keep-alive with a payload: as data the SDKs would yield it as a chunk.
-            self.repairs["ping_event_to_comment"] += 1
+            self._repair("ping_event_to_comment")
             return b": ping\n\n"
         if name == b"error":
-            self.repairs["error_event"] += 1
-            self.errored = True
-            return data_block(normalize_error(data or b""))
+            self._repair("error_event")
+            return self._error(normalize_error(data or b""))
         if data is None or not (stripped := data.strip()):
-            self.repairs["empty_block_dropped"] += 1
+            self._repair("empty_block_dropped")
             return b""
         # "data:  [DONE]" leaves " [DONE]", which the SDKs would try to parse as JSON.
         if stripped.startswith(DONE):
             self.done = True
             return DONE_EVENT
+        if b"\n" in data:
+            parts = unglue(data)
+            if parts is not None:
+                self._repair("glued_events_split")
+                return b"".join([self._event(Event(part, name)) for part in parts])
+        if not looks_like_json(stripped):
+            # Forwarded unchanged (nothing is lost) but counted, so operators can see
+            # which upstream sends it.
+            self._repair("non_json_payload")
         if _USAGE.search(data) is not None:
             self.usage = usage_of(data) or self.usage
             if self.strip_usage and _NO_CHOICES.search(data) is not None:
@@ -197,8 +272,7 @@ class OpenAIShaper:
     def _stray(self, item: Stray) -> bytes:
         err = bare_error(item.line)
         if err is None:
-            self.repairs["stray_line_dropped"] += 1
+            self._repair("stray_line_dropped")
             return b""
-        self.repairs["bare_error_line"] += 1
-        self.errored = True
-        return data_block(normalize_error(err))
+        self._repair("bare_error_line")
+        return self._error(normalize_error(err))

@@ -21,7 +21,8 @@ from .errors import NoAccount, NotFound, RateLimited, SeamlineError, UpstreamErr
 from .health import FAILOVER, Verdict, classify, parse_retry_after
 from .logs import get_logger, redactor
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
-from .relay import Outcome, read_body
+from .outcome import Outcome
+from .relay import read_body
 
 log = get_logger("seamline.routing")
 
@@ -52,6 +53,15 @@ def make_pool(config: Config) -> Pool:
         breaker_threshold=r.breaker_threshold,
         breaker_cooldown=r.breaker_cooldown,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Bodies:
+    """The request body to send, the client's original, and the one that forces a stream."""
+
+    send: bytes
+    original: bytes
+    forced: bytes | None = None
 
 
 @dataclass
@@ -107,15 +117,14 @@ class Router:
         tail: str,
         query: str,
         client_headers: Mapping[str, str],
-        bodies: tuple[bytes, bytes],
+        bodies: Bodies,
         model: str | None,
         outcome: Outcome,
     ) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
-        ``bodies`` is (the body to send, the client's original body): they differ when
-        seamline added ``stream_options``, and an upstream that rejects that with a
-        400 is asked once more with the original.
+        An upstream that rejects a body seamline changed (``stream_options``) with a
+        400 is asked once more with the client's original.
         """
         pool = self.pool
         accounts = self.accounts
@@ -171,13 +180,14 @@ class Router:
         tail: str,
         query: str,
         client_headers: Mapping[str, str],
-        bodies: tuple[bytes, bytes],
+        bodies: Bodies,
         outcome: Outcome,
     ) -> UpstreamAnswer | FailedAnswer | FailedOver:
         """One account: a usable answer, a client error, or FailedOver (pool told)."""
         pool = self.pool
         timeouts = self.config.timeouts_for(acc)
-        body, original = bodies
+        original = bodies.original
+        body = bodies.forced if acc.force_stream and bodies.forced is not None else bodies.send
         oauth = self.oauth.get(acc.name)
         token: str | None = None
         retried_401 = retried_body = False
