@@ -578,9 +578,11 @@ def _cuts(data: st.DataObject, raw: bytes) -> list[bytes]:
     return [raw[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def _render_checked(chunks: list[bytes], **kw: bool) -> tuple[OpenAIShaper, bytes]:
+def _render_checked(
+    chunks: list[bytes], keep_event_names: bool = False, check_endings: bool = True
+) -> tuple[OpenAIShaper, bytes]:
     """Like render(), also checking that every write is whole blocks."""
-    shaper = OpenAIShaper(**kw)
+    shaper = OpenAIShaper(keep_event_names=keep_event_names, check_endings=check_endings)
     r = Reframer()
     out = b""
     for items in [*(r.feed(c) for c in chunks), r.close()]:
