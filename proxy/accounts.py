@@ -293,6 +293,10 @@ class Pool:
 
     def release(self, st: AccountState) -> None:
         st.in_flight = max(0, st.in_flight - 1)
+        if st.probing and st.in_flight == 0:
+            # The probe ended without a verdict (a client error, a 429, its client went
+            # away): the next request probes again, rather than half-open forever.
+            st.probing = False
 
     def succeeded(self, st: AccountState) -> None:
         st.backoff = 0.0

@@ -1,14 +1,7 @@
-"""The aiohttp application: routes, middlewares, and the glue between the parts."""
+"""The aiohttp application: routes, start-up and shutdown (drain), and reload."""
 
 from __future__ import annotations
 
-import hmac
-import json
-import re
-import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -16,150 +9,48 @@ from aiohttp import web
 
 from . import upstream as up
 from .config import Config
-from .errors import BodyTooLarge, MethodNotAllowed, NotFound, SeamlineError, Unauthorized
+from .errors import UpstreamError
 from .forward import forward
 from .logs import debug_streaming_enabled, get_logger, redactor
-from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
-from .outcome import Outcome
-from .routing import Router, make_pool
-from .state import Persister, open_store
+from .metrics import Metrics
+from .middleware import GATE, OUTCOME, Gate, check_client, request_middleware
+from .ops import METRICS, admin_accounts, healthz, metrics, readyz
+from .runtime import RUNTIME, build_runtime, warn_readable_secrets
+
+__all__ = ["RUNTIME", "SESSION", "create_app", "drain", "start"]
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-OUTCOME = web.RequestKey("outcome", Outcome)
-
 log = get_logger("seamline")
-access_log = get_logger("seamline.request")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(err: SeamlineError, request_id: str | None = None) -> web.Response:
-    headers = {"X-Request-ID": request_id} if request_id else {}
-    if err.retry_after is not None:
-        headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
-    return web.Response(
-        status=err.status,
-        body=err.json_bytes(),
-        content_type="application/json",
-        headers=headers,
-    )
+class ShuttingDown(UpstreamError):
+    """A stream still open when the drain deadline passed."""
 
-
-@web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, OpenAI-format errors for everything, and one summary line per request."""
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    outcome = Outcome(request_id=request_id, route=request.path)
-    request[OUTCOME] = outcome
-    try:
-        resp = await handler(request)
-    except SeamlineError as err:
-        resp = error_response(err, request_id)
-        outcome.error = err.message
-    except web.HTTPException as exc:
-        resp = error_response(_from_http_exception(exc), request_id)
-    except Exception:
-        log.exception("unhandled_error", request_id=request_id, path=request.path)
-        internal = SeamlineError(f"internal error (request id {request_id})")
-        resp = error_response(internal, request_id)
-        outcome.error = "internal error"
-    if not resp.prepared:
-        resp.headers["X-Request-ID"] = request_id
-    outcome.status = outcome.status or resp.status
-    access_log.info("request", **outcome.summary())
-    return resp
-
-
-def _from_http_exception(exc: web.HTTPException) -> SeamlineError:
-    if exc.status == 404:
-        return NotFound("unknown path; seamline serves the OpenAI API under /v1")
-    if exc.status == 405:
-        return MethodNotAllowed("method not allowed for this path")
-    if exc.status == 413:
-        return BodyTooLarge("request body is too large")
-    err = SeamlineError(exc.reason or "request failed")
-    err.status = exc.status
-    err.error_type = "invalid_request_error" if exc.status < 500 else "server_error"
-    return err
-
-
-def _client_key(request: web.Request) -> str:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "")
-
-
-def check_client(request: web.Request, keys: tuple[str, ...]) -> None:
-    """401 unless the request carries one of ``keys`` (when any are configured)."""
-    if not keys:
-        return
-    given = _client_key(request).encode()
-    ok = False
-    for key in keys:  # compare with every key, so timing says nothing about which
-        ok |= hmac.compare_digest(given, key.encode())
-    if not ok:
-        raise Unauthorized("missing or invalid API key for this proxy")
-
-
-@dataclass
-class Runtime:
-    """What the handlers use; swapped as a whole when the config is reloaded."""
-
-    router: Router
-    persister: Persister
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-
-
-def build_runtime(config: Config) -> Runtime:
-    pool = make_pool(config)
-    router = Router(config, pool, oauth_accounts(config))
-    return Runtime(router, Persister(pool, open_store(config.state_path)))
-
-
-def oauth_accounts(config: Config) -> dict[str, OAuthAccount]:
-    return {
-        acc.name: OAuthAccount(
-            acc.name,
-            acc.credentials,
-            token_url=acc.token_url or DEFAULT_TOKEN_URL,
-            client_id=acc.client_id or DEFAULT_CLIENT_ID,
-        )
-        for acc in config.accounts
-        if acc.kind == "qwen-oauth"
-    }
+    status = 503
+    code = "server_shutting_down"
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     """Forward one /v1 request to an upstream account and relay its answer."""
     rt = request.app[RUNTIME]
     check_client(request, rt.router.config.server.api_keys)
+    request.app[GATE].rate(request)
     return await forward(
-        request, rt.router, request.app[SESSION], request[OUTCOME], debug_streaming_enabled()
+        request,
+        rt.router,
+        request.app[SESSION],
+        request[OUTCOME],
+        debug_streaming_enabled(),
+        rt.streams,
     )
 
 
-async def admin_accounts(request: web.Request) -> web.StreamResponse:
-    """Per-account state; protected by server.admin_key, and never shows a secret."""
-    rt = request.app[RUNTIME]
-    key = rt.router.config.server.admin_key
-    if not key:
-        raise NotFound("the admin endpoints are off: set server.admin_key to enable them")
-    check_client(request, (key,))
-    body = {"accounts": rt.router.pool.snapshot(time.time())}
-    return web.json_response(body, dumps=lambda o: json.dumps(o, indent=2))
-
-
-async def _session_ctx(app: web.Application) -> Any:
+async def _lifecycle(app: web.Application) -> Any:
     app[SESSION] = up.make_session()
     rt = app[RUNTIME]
     await rt.persister.restore()
     rt.persister.start()
+    warn_readable_secrets(rt.router.config)
     yield
     await rt.persister.stop()
     await app[SESSION].close()
@@ -172,10 +63,23 @@ def create_app(config: Config) -> web.Application:
         middlewares=[request_middleware],
         client_max_size=config.server.max_body_bytes,
     )
-    app[RUNTIME] = build_runtime(config)
-    app.cleanup_ctx.append(_session_ctx)
+    rt = build_runtime(config)
+    app[RUNTIME] = rt
+    app[METRICS] = m = Metrics(lambda: app[RUNTIME].router.pool)
+    m.in_flight.set_function(lambda: len(app[RUNTIME].streams))
+    s = config.server
+    app[GATE] = Gate(
+        max_concurrent=s.max_concurrent,
+        client_rpm=s.client_rpm,
+        max_body=s.max_body_bytes,
+        on_done=m.record,
+    )
+    app.cleanup_ctx.append(_lifecycle)
     app.router.add_route("POST", "/v1/{tail:.+}", proxy)
     app.router.add_route("GET", "/v1/{tail:.+}", proxy)
+    app.router.add_route("GET", "/healthz", healthz)
+    app.router.add_route("GET", "/readyz", readyz)
+    app.router.add_route("GET", "/metrics", metrics)
     app.router.add_route("GET", "/admin/accounts", admin_accounts)
     return app
 
@@ -185,7 +89,7 @@ async def start(config: Config, host: str | None = None, port: int | None = None
     app = create_app(config)
     # Cancel the handler when its client disconnects, so an upstream that is silent
     # (a long reasoning pause) is still closed at once rather than at its next byte.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(
         runner, host or config.server.host, config.server.port if port is None else port
@@ -196,3 +100,26 @@ async def start(config: Config, host: str | None = None, port: int | None = None
         await runner.cleanup()
         raise
     return runner
+
+
+async def drain(runner: web.AppRunner, deadline: float | None = None) -> None:
+    """Stop accepting, let requests in flight finish within ``server.drain_s``, end the
+    streams still open then with an error event, and shut down."""
+    app = runner.app
+    assert isinstance(app, web.Application)
+    gate = app[GATE]
+    rt = app[RUNTIME]
+    gate.draining = True
+    for site in list(runner.sites):
+        await site.stop()
+    limit = rt.router.config.server.drain_s if deadline is None else deadline
+    log.info("draining", in_flight=gate.in_flight, streams=len(rt.streams), deadline_s=limit)
+    await gate.wait_idle(limit)
+    if rt.streams:
+        log.warning("drain_deadline_passed", streams=len(rt.streams))
+        for resp in list(rt.streams):
+            resp.content.set_exception(
+                ShuttingDown("seamline is shutting down; the stream was ended before it completed")
+            )
+        await gate.wait_idle(2.0)
+    await runner.cleanup()

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from aiohttp import web
+
 from . import __version__
 from .config import Config, ConfigError, load
 from .logs import configure, get_logger
@@ -68,7 +70,8 @@ def raise_open_file_limit() -> int:
 
 
 async def _serve(config: Config, host: str | None, port: int | None) -> None:
-    from .app import start  # imported late: check-config must not need aiohttp started
+    from .app import RUNTIME, drain, start  # late: check-config needs none of it
+    from .runtime import reload
 
     log = get_logger("seamline")
     # Handlers go in before anything is announced: a supervisor may send SIGTERM as soon
@@ -78,6 +81,9 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = await start(config, host, port)
+    app = runner.app
+    assert isinstance(app, web.Application)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(app[RUNTIME], config.path))
     for addr in runner.addresses:
         h, p = addr[0], addr[1]
         h = f"[{h}]" if ":" in h else h  # an IPv6 address needs brackets in a URL
@@ -87,6 +93,7 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
         log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
     try:
         await stop.wait()
+        await drain(runner)
     finally:
         await runner.cleanup()
 

@@ -40,6 +40,10 @@ class ServerConfig:
     max_event_bytes: int = 8 * 1024 * 1024
     admin_key: str | None = None
     heartbeat_s: float = 15.0
+    max_concurrent: int = 10000  # requests in flight at once; past it 503
+    client_rpm: int = 0  # requests per minute per client key; 0 = unlimited
+    drain_s: float = 30.0  # on SIGTERM, how long in-flight streams may go on
+    metrics_public: bool = False  # /metrics without the admin key
 
 
 KINDS = ("api_key", "qwen-oauth")
@@ -242,6 +246,10 @@ def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
         max_event_bytes=r.get("max_event_bytes", int, d.max_event_bytes),
         admin_key=_secret(r, "admin_key", env),
         heartbeat_s=_positive(r, "heartbeat_s", r.get("heartbeat_s", float, d.heartbeat_s)),
+        max_concurrent=_count(r, "max_concurrent", d.max_concurrent),
+        client_rpm=_count(r, "client_rpm", d.client_rpm),
+        drain_s=_positive(r, "drain_s", r.get("drain_s", float, d.drain_s)),
+        metrics_public=r.get("metrics_public", bool, d.metrics_public),
     )
     r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
     r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")

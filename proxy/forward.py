@@ -104,6 +104,7 @@ async def forward(
     session: aiohttp.ClientSession,
     outcome: Outcome,
     trace: bool,
+    streams: set[aiohttp.ClientResponse],
 ) -> web.StreamResponse:
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
@@ -128,7 +129,11 @@ async def forward(
     )
     if isinstance(answer, FailedAnswer):
         return _failed(answer, outcome)
-    return await _relay(request, router, answer, outcome, tail, req, plan, trace)
+    streams.add(answer.response)
+    try:
+        return await _relay(request, router, answer, outcome, tail, req, plan, trace)
+    finally:
+        streams.discard(answer.response)
 
 
 def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:

@@ -158,7 +158,7 @@ async def relay_stream(
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
             failure = map_error(exc, timeouts, headers_phase=False)
             # Whatever the reframer holds is an event the upstream never finished.
             out = b""

@@ -126,6 +126,7 @@ class Router:
         An upstream that rejects a body seamline changed (``stream_options``) with a
         400 is asked once more with the client's original.
         """
+        self._pick_up_new_logins()
         pool = self.pool
         accounts = self.accounts
         tried: list[str] = []
@@ -257,6 +258,24 @@ class Router:
                 return FailedOver(FailedAnswer(resp.status, out_headers, err_body))
             _note(outcome, acc, reason)
             return FailedOver(None)
+
+    def _pick_up_new_logins(self) -> None:
+        """Put an OAuth account whose refresh was rejected back once its user logs in again.
+
+        The pool never offers a disabled account, so the account's own check for a new
+        credentials file would never run: look here, for the disabled ones only.
+        """
+        for name, oauth in self.oauth.items():
+            st = self.pool.states.get(name)
+            if st is None or not st.disabled_persist:
+                continue
+            if oauth.disabled_reason is None:
+                # Disabled before a restart: only a login written from now on counts.
+                oauth.disabled_reason = st.disabled
+            _ = oauth.credentials  # re-reads a replaced file, which re-enables the login
+            if oauth.disabled_reason is None:
+                log.info("account_reenabled", account=name, reason="new OAuth login")
+                self.pool.enable(st)
 
     def _disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
         if self.pool.disable(st, reason, persist=persist):

@@ -1,0 +1,196 @@
+"""The request middleware: request id, limits, OpenAI-format errors, the summary line."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .errors import (
+    BodyTooLarge,
+    MethodNotAllowed,
+    NoAccount,
+    NotFound,
+    RateLimited,
+    SeamlineError,
+    Unauthorized,
+)
+from .logs import get_logger
+from .outcome import Outcome
+
+log = get_logger("seamline")
+access_log = get_logger("seamline.request")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_KNOWN_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+)
+
+_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+
+OUTCOME = web.RequestKey("outcome", Outcome)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Gate:
+    """Process-wide admission state: draining, requests in flight, client rate windows."""
+
+    max_concurrent: int = 0
+    client_rpm: int = 0
+    max_body: int = 0
+    draining: bool = False
+    in_flight: int = 0
+    windows: dict[str, deque[float]] = field(default_factory=dict)
+    on_done: Callable[[Outcome, str], None] | None = None
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until no request is in flight; False when ``seconds`` passed first."""
+        if not self.in_flight:
+            return True
+        try:
+            await asyncio.wait_for(self.idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def admit(self, request: web.Request) -> None:
+        if self.draining:
+            raise NoAccount("seamline is shutting down", retry_after=1)
+        if self.max_concurrent and self.in_flight >= self.max_concurrent:
+            raise NoAccount("too many concurrent requests", retry_after=1)
+        length = request.content_length
+        if self.max_body and length is not None and length > self.max_body:
+            # Refused before a byte of it is read.
+            raise BodyTooLarge(f"request body exceeds {self.max_body} bytes")
+
+    def rate(self, request: web.Request) -> None:
+        """429 once this client key has made client_rpm requests in the last minute."""
+        if not self.client_rpm:
+            return
+        now = time.monotonic()
+        if len(self.windows) > 10_000:
+            self.windows = {k: w for k, w in self.windows.items() if w and w[-1] > now - 60}
+        # Keyed by a digest so that no client key is kept in memory as such.
+        window = self.windows.setdefault(_digest(client_key(request)), deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        if len(window) >= self.client_rpm:
+            raise RateLimited(
+                "rate limit for this API key reached", retry_after=window[0] + 60 - now
+            )
+        window.append(now)
+
+
+def _digest(key: str) -> str:
+    return hmac.new(b"seamline-client", key.encode(), "sha256").hexdigest()
+
+
+GATE = web.AppKey("gate", Gate)
+
+
+def error_response(err: SeamlineError, request_id: str | None = None) -> web.Response:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
+    return web.Response(
+        status=err.status,
+        body=err.json_bytes(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def route_label(path: str) -> str:
+    """The route as a metrics label: known paths as they are, the rest grouped."""
+    if path in _KNOWN_ROUTES:
+        return path
+    return "/v1/other" if path.startswith("/v1/") else "other"
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, limits, OpenAI-format errors for everything, one summary line per request."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    outcome = Outcome(request_id=request_id, route=request.path)
+    request[OUTCOME] = outcome
+    gate = request.app[GATE]
+    api = request.path.startswith("/v1/")
+    admitted = False
+    try:
+        if api:
+            gate.admit(request)
+            admitted = True
+            gate.enter()
+        resp = await handler(request)
+    except SeamlineError as err:
+        resp = error_response(err, request_id)
+        outcome.error = err.message
+    except web.HTTPException as exc:
+        resp = error_response(_from_http_exception(exc), request_id)
+    except Exception:
+        log.exception("unhandled_error", request_id=request_id, path=request.path)
+        internal = SeamlineError(f"internal error (request id {request_id})")
+        resp = error_response(internal, request_id)
+        outcome.error = "internal error"
+    finally:
+        if admitted:
+            gate.leave()
+    if not resp.prepared:
+        resp.headers["X-Request-ID"] = request_id
+    outcome.status = outcome.status or resp.status
+    if request.path not in _QUIET:
+        access_log.info("request", **outcome.summary())
+    if api and gate.on_done is not None:
+        gate.on_done(outcome, route_label(request.path))
+    return resp
+
+
+def _from_http_exception(exc: web.HTTPException) -> SeamlineError:
+    if exc.status == 404:
+        return NotFound("unknown path; seamline serves the OpenAI API under /v1")
+    if exc.status == 405:
+        return MethodNotAllowed("method not allowed for this path")
+    if exc.status == 413:
+        return BodyTooLarge("request body is too large")
+    err = SeamlineError(exc.reason or "request failed")
+    err.status = exc.status
+    err.error_type = "invalid_request_error" if exc.status < 500 else "server_error"
+    return err
+
+
+def client_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "")
+
+
+def check_client(request: web.Request, keys: tuple[str, ...]) -> None:
+    """401 unless the request carries one of ``keys`` (when any are configured)."""
+    if not keys:
+        return
+    given = client_key(request).encode()
+    ok = False
+    for key in keys:  # compare with every key, so timing says nothing about which
+        ok |= hmac.compare_digest(given, key.encode())
+    if not ok:
+        raise Unauthorized("missing or invalid API key for this proxy")

@@ -1,0 +1,95 @@
+"""What the handlers use for one config: router, pool persistence, open streams.
+
+A SIGHUP reload builds a new Router on the same pool, so accounts that stay keep
+their state and streams in flight keep the objects they started with.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, ConfigError, load
+from .logs import get_logger, redactor
+from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
+from .routing import Router, limits_of, make_pool
+from .state import Persister, open_store
+
+log = get_logger("seamline")
+
+
+@dataclass
+class Runtime:
+    router: Router
+    persister: Persister
+    # Upstream responses being relayed: a drain that runs out of time ends them.
+    streams: set[aiohttp.ClientResponse] = field(default_factory=set)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def build_runtime(config: Config) -> Runtime:
+    pool = make_pool(config)
+    router = Router(config, pool, oauth_accounts(config))
+    return Runtime(router, Persister(pool, open_store(config.state_path)))
+
+
+def oauth_accounts(config: Config) -> dict[str, OAuthAccount]:
+    return {
+        acc.name: OAuthAccount(
+            acc.name,
+            acc.credentials,
+            token_url=acc.token_url or DEFAULT_TOKEN_URL,
+            client_id=acc.client_id or DEFAULT_CLIENT_ID,
+        )
+        for acc in config.accounts
+        if acc.kind == "qwen-oauth"
+    }
+
+
+def reload(rt: Runtime, path: str) -> bool:
+    """Apply a changed config file to new requests; keep the old one when it is invalid."""
+    try:
+        config = load(path)
+        oauth = oauth_accounts(config)
+    except ConfigError as exc:
+        log.error("config_reload_rejected", error=str(exc))
+        return False
+    except Exception as exc:  # e.g. an OAuth credentials file that cannot be read
+        log.error("config_reload_rejected", error=f"{path}: {exc}")
+        return False
+    old = rt.router.config
+    if (old.server.host, old.server.port) != (config.server.host, config.server.port):
+        log.warning("config_reload_partial", detail="host and port change only on restart")
+    redactor.set_secrets(config.secrets())
+    pool = rt.router.pool
+    pool.replace_accounts([limits_of(a) for a in config.accounts])
+    rt.router = Router(config, pool, oauth)
+    log.info("config_reloaded", path=path, accounts=[a.name for a in config.accounts])
+    warn_readable_secrets(config)
+    return True
+
+
+def warn_readable_secrets(config: Config) -> None:
+    """Warn about credentials files (and a config holding keys) that others may read."""
+    paths = [Path(a.credentials).expanduser() for a in config.accounts if a.credentials]
+    if any(a.api_key for a in config.accounts) and config.path not in ("", "<config>"):
+        paths.append(Path(config.path))
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            log.warning(
+                "secrets_file_readable_by_others",
+                path=str(path),
+                mode=oct(stat.S_IMODE(mode)),
+                fix=f"chmod 600 {path}",
+            )
