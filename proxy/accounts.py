@@ -74,6 +74,8 @@ class AccountState:
     quota_until: float = 0.0
     disabled: str | None = None
     disabled_persist: bool = False  # survives a restart (an OAuth refresh rejected)
+    # A fingerprint of the credential that was refused, so a new login can be told apart.
+    disabled_credential: str | None = None
     failures: int = 0  # consecutive 5xx / connection errors / timeouts
     breaker_until: float = 0.0
     breaker_open: bool = False
@@ -111,6 +113,7 @@ class AccountState:
         out = {k: getattr(self, k) for k in self._PERSISTED}
         if self.disabled_persist:
             out["disabled"] = self.disabled
+            out["disabled_credential"] = self.disabled_credential
         return out
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -124,6 +127,8 @@ class AccountState:
         if saved.get("disabled"):
             self.disabled = str(saved["disabled"])
             self.disabled_persist = True
+            credential = saved.get("disabled_credential")
+            self.disabled_credential = None if credential is None else str(credential)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,17 +323,24 @@ class Pool:
         st.quota_until = until
         self._failed(st, "quota exhausted")
 
-    def disable(self, st: AccountState, reason: str, persist: bool = False) -> bool:
-        """Take ``st`` out of rotation; True when it was not disabled before."""
+    def disable(
+        self, st: AccountState, reason: str, persist: bool = False, credential: str | None = None
+    ) -> bool:
+        """Take ``st`` out of rotation; True when it was not disabled before.
+
+        ``credential`` is a fingerprint (never the secret) of what was refused.
+        """
         first = st.disabled is None
         st.disabled = reason
         st.disabled_persist = persist
+        st.disabled_credential = credential
         self._failed(st, reason)
         return first
 
     def enable(self, st: AccountState) -> None:
         st.disabled = None
         st.disabled_persist = False
+        st.disabled_credential = None
         self.changed = True
 
     def failed(self, st: AccountState, now: float, reason: str) -> None:

@@ -19,7 +19,7 @@ from .oauth import (
     device_login,
 )
 from .routing import make_pool
-from .state import read_states
+from .state import StateError, read_states
 
 _COLUMNS = (
     ("name", "ACCOUNT"),
@@ -35,7 +35,11 @@ _COLUMNS = (
 def status_rows(config: Config, now: float) -> list[dict[str, Any]]:
     """Per-account state from the persisted store, as the admin endpoint shows it."""
     pool = make_pool(config)
-    saved = read_states(config.state_path)
+    try:
+        saved = read_states(config.state_path)
+    except StateError as exc:
+        print(f"seamline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     for name, st in pool.states.items():
         if name in saved:
             st.restore(saved[name])

@@ -40,6 +40,8 @@ def completion_to_sse(body: dict[str, Any], include_usage: bool) -> bytes:
             for key in ("content", "reasoning_content", "refusal"):
                 if message.get(key) is not None:
                     delta[key] = message[key]
+            if isinstance(message.get("function_call"), dict):
+                delta["function_call"] = message["function_call"]
             if message.get("tool_calls"):
                 delta["tool_calls"] = [
                     {**call, "index": n} for n, call in enumerate(message["tool_calls"])
@@ -67,15 +69,19 @@ class Aggregator:
         self.choices: dict[int, dict[str, Any]] = {}
         self.usage: Any = None
         self.chat = True
+        self._object_seen = False
 
     def add(self, chunk: Any) -> None:
         if not isinstance(chunk, dict):
             return
-        if not self.head:
-            self.chat = chunk.get("object") != "text_completion"
-            for key in ("id", "created", "model", "system_fingerprint"):
-                if key in chunk:
-                    self.head[key] = chunk[key]
+        # The first chunk with a value wins: Azure's first chunk (prompt_filter_results)
+        # has an empty id, model and object.
+        if not self._object_seen and chunk.get("object"):
+            self._object_seen = True
+            self.chat = chunk["object"] != "text_completion"
+        for key in _HEAD:
+            if chunk.get(key) and not self.head.get(key):
+                self.head[key] = chunk[key]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for raw in chunk.get("choices") or []:
@@ -83,14 +89,15 @@ class Aggregator:
                 self._choice(raw)
 
     def _choice(self, raw: dict[str, Any]) -> None:
-        index = raw.get("index", 0)
+        index = raw.get("index")
+        index = index if isinstance(index, int) else 0  # else unhashable or unsortable
         choice = self.choices.setdefault(
             index, {"index": index, "parts": {}, "tools": {}, "finish_reason": None, "role": None}
         )
         if raw.get("finish_reason") is not None:
             choice["finish_reason"] = raw["finish_reason"]
         if raw.get("logprobs") is not None:
-            choice["logprobs"] = raw["logprobs"]
+            choice["logprobs"] = _merge_logprobs(choice.get("logprobs"), raw["logprobs"])
         if not self.chat:
             _append(choice["parts"], "text", raw.get("text"))
             return
@@ -100,19 +107,20 @@ class Aggregator:
         choice["role"] = delta.get("role") or choice["role"]
         for key in ("content", "reasoning_content", "refusal"):
             _append(choice["parts"], key, delta.get(key))
+        if isinstance(delta.get("function_call"), dict):
+            fc = choice.setdefault("function_call", {"name": "", "arguments": ""})
+            _merge_function(fc, delta["function_call"])
+        tools = choice["tools"]
         for call in delta.get("tool_calls") or []:
             if not isinstance(call, dict):
                 continue
-            slot = choice["tools"].setdefault(
-                call.get("index", len(choice["tools"])),
+            slot = tools.setdefault(
+                _tool_index(tools, call),
                 {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
             )
             slot["id"] = call.get("id") or slot["id"]
             slot["type"] = call.get("type") or slot["type"]
-            fn = call.get("function") or {}
-            if isinstance(fn, dict):
-                slot["function"]["name"] += fn.get("name") or ""
-                slot["function"]["arguments"] += fn.get("arguments") or ""
+            _merge_function(slot["function"], call.get("function"))
 
     @property
     def finished(self) -> bool:
@@ -128,6 +136,8 @@ class Aggregator:
                 for key in ("reasoning_content", "refusal"):
                     if key in c["parts"]:
                         message[key] = c["parts"][key]
+                if "function_call" in c:
+                    message["function_call"] = c["function_call"]
                 if c["tools"]:
                     message["tool_calls"] = [c["tools"][k] for k in sorted(c["tools"])]
                 choice: dict[str, Any] = {"index": index, "message": message}
@@ -154,3 +164,45 @@ class Aggregator:
 def _append(parts: dict[str, str], key: str, value: Any) -> None:
     if isinstance(value, str):
         parts[key] = parts.get(key, "") + value
+
+
+_HEAD = ("id", "created", "model", "system_fingerprint")
+
+
+def _tool_index(tools: dict[int, Any], call: dict[str, Any]) -> int:
+    """The slot of a tool call piece: its index, or, for upstreams that send none,
+    a new slot for a new id and the last slot for a piece without one."""
+    index = call.get("index")
+    if isinstance(index, int):
+        return index
+    last = max(tools, default=None)
+    if last is None:
+        return 0
+    new_id = call.get("id")
+    if new_id and tools[last]["id"] and new_id != tools[last]["id"]:
+        return last + 1
+    return last
+
+
+def _merge_function(slot: dict[str, str], fn: Any) -> None:
+    if not isinstance(fn, dict):
+        return
+    _append(slot, "name", fn.get("name"))
+    args = fn.get("arguments")
+    if isinstance(args, dict | list):
+        # Some upstreams send the arguments as a JSON object, not as its text.
+        args = _dumps(args).decode()
+    _append(slot, "arguments", args)
+
+
+def _merge_logprobs(old: Any, new: Any) -> Any:
+    """Logprobs of consecutive chunks: their token lists concatenated."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out = dict(old)
+    for key, value in new.items():
+        if isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + value
+        elif value is not None or key not in out:
+            out[key] = value
+    return out

@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .convert import completion_to_sse
-from .errors import BodyTooLarge, InvalidJSON, MissingModel
+from .errors import BodyTooLarge, InvalidJSON, MissingModel, UpstreamError
 from .logs import get_logger, redactor
 from .outcome import Outcome
 from .relay import SSE_HEADERS, collect_stream, read_body, relay_stream
@@ -175,6 +175,7 @@ async def _relay(
                 )
                 usage = usage_from(agg.usage)
                 if error is not None:
+                    outcome.error = _error_message(error)
                     return _json(outcome, headers, error_status(error), error)
                 if tracer is not None:
                     tracer.debug("repair", kind="stream_aggregated")
@@ -201,7 +202,13 @@ async def _relay(
                 )
             finally:
                 usage = shaper.usage
-        data = await read_body(resp, limit, timeouts)
+                if shaper.errored and outcome.error is None:
+                    outcome.error = _error_message(shaper.error_payload)
+        try:
+            data = await read_body(resp, limit, timeouts)
+        except UpstreamError as exc:
+            outcome.error = exc.message
+            raise
         usage = usage_of(data)
         if completions and req.stream and resp.status < 400:
             return _json_to_stream(outcome, headers, resp.status, data, plan, tracer)
@@ -249,6 +256,14 @@ def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes)
     if headers.get("Content-Type", "").startswith("text/event-stream"):
         headers["Content-Type"] = "application/json"
     return web.Response(status=status, body=data, headers=headers)
+
+
+def _error_message(payload: bytes | None) -> str:
+    try:
+        message = json.loads(payload or b"{}")["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return "the stream ended with an error event"
+    return str(message)
 
 
 def _trace_repair(tracer: Any, kind: str) -> None:

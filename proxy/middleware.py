@@ -34,6 +34,8 @@ _KNOWN_ROUTES = frozenset(
 )
 
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
+_DOT_SEGMENTS = frozenset({".", ".."})
+CLIENT_CLOSED = 499
 
 OUTCOME = web.RequestKey("outcome", Outcome)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -137,6 +139,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     admitted = False
     try:
         if api:
+            if _DOT_SEGMENTS.intersection(request.path.split("/")):
+                # The upstream URL would resolve them, out of the account's base_url.
+                raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
             gate.admit(request)
             admitted = True
             gate.enter()
@@ -146,6 +151,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         outcome.error = err.message
     except web.HTTPException as exc:
         resp = error_response(_from_http_exception(exc), request_id)
+    except asyncio.CancelledError:
+        # The client went away (handler_cancellation): still one line, still counted.
+        outcome.client_gone = True
+        _book(request, outcome, api)
+        raise
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=request.path)
         internal = SeamlineError(f"internal error (request id {request_id})")
@@ -156,12 +166,24 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             gate.leave()
     if not resp.prepared:
         resp.headers["X-Request-ID"] = request_id
+    # Until here ``stream`` is what the client asked for; an error answer to a streamed
+    # request is JSON, and its bytes are no stream bytes in the metrics or the log line.
+    outcome.stream = outcome.stream and resp.content_type == "text/event-stream"
     outcome.status = outcome.status or resp.status
+    _book(request, outcome, api)
+    return resp
+
+
+def _book(request: web.Request, outcome: Outcome, api: bool) -> None:
+    """The summary line and the metrics of one finished request."""
+    if outcome.client_gone:
+        # Whatever status went out, the answer did not arrive whole (nginx's 499).
+        outcome.status = CLIENT_CLOSED
     if request.path not in _QUIET:
         access_log.info("request", **outcome.summary())
-    if api and gate.on_done is not None:
-        gate.on_done(outcome, route_label(request.path))
-    return resp
+    on_done = request.app[GATE].on_done
+    if api and on_done is not None:
+        on_done(outcome, route_label(request.path))
 
 
 def _from_http_exception(exc: web.HTTPException) -> SeamlineError:

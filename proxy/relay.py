@@ -20,9 +20,9 @@ from multidict import CIMultiDict
 
 from .config import Timeouts
 from .convert import Aggregator
-from .errors import SeamlineError, StreamTooLarge, UpstreamError
+from .errors import SeamlineError, StreamTooLarge, UpstreamError, UpstreamProtocolError
 from .outcome import Outcome
-from .repair import DONE, OpenAIShaper, error_event, error_json, error_status
+from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .sse import EventTooLarge, Reframer
 from .upstream import map_error
 
@@ -153,13 +153,18 @@ async def relay_stream(
                     if not client.prepared and _only_error(shaper):
                         break
                     await client.write(out)
+                if shaper.done:
+                    # Nothing may follow [DONE]: end the client's stream now, not when the
+                    # upstream closes; clients that read to the end would wait for it.
+                    out = b""
+                    break
             else:
                 out = shaper.render(reframer.close()) + shaper.finish()
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
         except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
-            failure = map_error(exc, timeouts, headers_phase=False)
+            failure = _mid_stream_error(exc, timeouts, shaper)
             # Whatever the reframer holds is an event the upstream never finished.
             out = b""
         if failure is not None:
@@ -186,6 +191,17 @@ async def relay_stream(
             outcome.repairs = dict(shaper.repairs)
     outcome.status = upstream.status
     return resp
+
+
+def _mid_stream_error(
+    exc: BaseException, timeouts: Timeouts, shaper: OpenAIShaper
+) -> SeamlineError:
+    failure = map_error(exc, timeouts, headers_phase=False)
+    if isinstance(failure, UpstreamProtocolError) and shaper.check_endings and not shaper.finished:
+        # A connection that dies before the answer ended truncated it, as a clean
+        # end there does: the client must be told so, not just "connection lost".
+        failure = UpstreamProtocolError(f"{TRUNCATED}; {failure.message}")
+    return failure
 
 
 def _only_error(shaper: OpenAIShaper) -> bool:
@@ -257,14 +273,20 @@ async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Time
 
 
 async def collect_stream(
-    upstream: aiohttp.ClientResponse, timeouts: Timeouts, max_event_bytes: int, limit: int
+    upstream: aiohttp.ClientResponse,
+    timeouts: Timeouts,
+    max_event_bytes: int,
+    limit: int,
+    shaper: OpenAIShaper | None = None,
 ) -> tuple[Aggregator, bytes | None]:
     """Read a whole upstream event stream into one completion, for a non-streaming client.
 
     Returns the aggregate and, when the stream carried an error or ended before the
-    answer did, that error as OpenAI JSON.
+    answer did, that error as OpenAI JSON. The shaper's verdicts (errors, [DONE],
+    glued events) decide what is merged; pass one (with ``trace``) to read its
+    ``repairs`` afterwards.
     """
-    shaper = OpenAIShaper()  # reused for its verdicts: errors, [DONE], glued events
+    shaper = OpenAIShaper() if shaper is None else shaper
     agg = Aggregator()
     reframer = Reframer(max_event_bytes)
     size = 0
@@ -282,7 +304,7 @@ async def collect_stream(
     except EventTooLarge as exc:
         return agg, error_json(str(exc), code="event_too_large")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        err = map_error(exc, timeouts, headers_phase=False)
+        err = _mid_stream_error(exc, timeouts, shaper)
         return agg, error_json(err.message, code=err.code)
     finally:
         upstream.close()

@@ -7,6 +7,7 @@ client's sight.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,23 +263,23 @@ class Router:
     def _pick_up_new_logins(self) -> None:
         """Put an OAuth account whose refresh was rejected back once its user logs in again.
 
-        The pool never offers a disabled account, so the account's own check for a new
-        credentials file would never run: look here, for the disabled ones only.
+        The pool never offers a disabled account, so nothing else would look at its
+        credentials file again. A login is new when its refresh token is not the one
+        refused, which holds across restarts and reloads too.
         """
         for name, oauth in self.oauth.items():
             st = self.pool.states.get(name)
             if st is None or not st.disabled_persist:
                 continue
-            if oauth.disabled_reason is None:
-                # Disabled before a restart: only a login written from now on counts.
-                oauth.disabled_reason = st.disabled
-            _ = oauth.credentials  # re-reads a replaced file, which re-enables the login
-            if oauth.disabled_reason is None:
-                log.info("account_reenabled", account=name, reason="new OAuth login")
+            # ``credentials`` re-reads the file when it changed.
+            if _fingerprint(oauth.credentials.refresh_token) != st.disabled_credential:
+                oauth.disabled_reason = None
                 self.pool.enable(st)
 
     def _disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
-        if self.pool.disable(st, reason, persist=persist):
+        oauth = self.oauth.get(st.name)
+        refused = _fingerprint(oauth.credentials.refresh_token) if persist and oauth else None
+        if self.pool.disable(st, reason, persist=persist, credential=refused):
             log.error(
                 "account_disabled", account=st.name, reason=reason, request_id=outcome.request_id
             )
@@ -299,6 +300,11 @@ class Router:
             pool.add_usage(answer.state, usage[0], usage[1], now)
         if broken is not None:
             pool.failed(answer.state, now, broken)
+
+
+def _fingerprint(secret: str) -> str:
+    """Tells two secrets apart without keeping either (it is persisted)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def _note(outcome: Outcome, acc: AccountConfig, reason: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,10 @@ from .logs import get_logger
 log = get_logger("seamline.state")
 
 States = dict[str, dict[str, Any]]
+
+
+class StateError(Exception):
+    """The persisted state cannot be read; the message names the file."""
 
 
 class StateStore(Protocol):
@@ -65,8 +70,12 @@ def read_states(path: str) -> States:
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT name, data FROM account_state").fetchall()
-    except sqlite3.OperationalError:
-        return {}
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise StateError(f"{path}: cannot read the state database: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: cannot read the state database: {exc}") from None
     finally:
         con.close()
     return {name: json.loads(data) for name, data in rows}
@@ -93,8 +102,19 @@ class SQLiteStore:
         return self._con
 
     def _load(self) -> States:
-        rows = self._connect().execute("SELECT name, data FROM account_state").fetchall()
-        return {name: json.loads(data) for name, data in rows}
+        try:
+            rows = self._connect().execute("SELECT name, data FROM account_state").fetchall()
+            return {name: json.loads(data) for name, data in rows}
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            # A corrupt file must not keep the proxy down: keep it aside for a look
+            # and start with a fresh one.
+            self._close()
+            aside = f"{self.path}.corrupt-{int(time.time())}"
+            with contextlib.suppress(OSError):
+                os.replace(self.path, aside)
+            log.error("state_database_unreadable", path=self.path, moved_to=aside, error=str(exc))
+            self._connect()
+            return {}
 
     def _save(self, states: States) -> None:
         con = self._connect()
@@ -158,6 +178,11 @@ class Persister:
         except Exception as exc:  # a full disk must not take the proxy down
             self.pool.changed = True
             log.error("state_save_failed", error=str(exc))
+        except asyncio.CancelledError:
+            # stop() cancels the loop, maybe before the worker took this save: its own
+            # last flush must then write the snapshot rather than find nothing changed.
+            self.pool.changed = True
+            raise
 
     async def _loop(self) -> None:
         while True:

@@ -60,6 +60,14 @@ _DROP_RESPONSE = HOP_BY_HOP | {
 }
 
 
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    """Headers a ``Connection`` header names are hop-by-hop too (RFC 9110, 7.6.1)."""
+    value = headers.get("Connection")
+    if not value:
+        return frozenset()
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
 def make_session() -> aiohttp.ClientSession:
     """The one client session of the application's lifetime."""
     # No pool cap: concurrency is limited where requests come in, and a cap here
@@ -89,8 +97,9 @@ def request_headers(
 ) -> CIMultiDict[str]:
     """The client's headers minus its credentials and hop-by-hop ones, plus the account's."""
     out: CIMultiDict[str] = CIMultiDict()
+    drop = _DROP_REQUEST | _connection_tokens(client)
     for name, value in client.items():
-        if name.lower() not in _DROP_REQUEST:
+        if name.lower() not in drop:
             out.add(name, value)
     out["Accept-Encoding"] = "identity"
     out["X-Request-ID"] = request_id
@@ -104,8 +113,9 @@ def request_headers(
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
+    drop = _DROP_RESPONSE | _connection_tokens(upstream)
     for name, value in upstream.items():
-        if name.lower() not in _DROP_RESPONSE:
+        if name.lower() not in drop:
             out.add(name, value)
     if "x-request-id" in upstream:
         out["X-Upstream-Request-ID"] = upstream["x-request-id"]

@@ -149,3 +149,42 @@ async def test_login_refuses_an_api_key_account(tmp_path: Path) -> None:
     path = _config(tmp_path)
     assert await login(cfg.load(path, {}), "alpha", io.StringIO()) == 2
     assert await login(cfg.load(path, {}), "nobody", io.StringIO()) == 2
+
+
+async def test_status_on_a_corrupt_state_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = _config(tmp_path)
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "accounts",
+        "status",
+        "--config",
+        str(path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "state.db") in lines[0]
+    assert "Traceback" not in err.decode()
+
+
+async def test_a_corrupt_state_file_is_moved_aside_and_seamline_starts(tmp_path: Path) -> None:
+    from proxy.accounts import Limits, Pool
+    from proxy.state import Persister
+
+    db = tmp_path / "state.db"
+    db.write_bytes(b"this is not a database" * 100)
+    pool = Pool([Limits("alpha")])
+    persister = Persister(pool, SQLiteStore(str(db)))
+    await persister.restore()
+    pool.quota_exhausted(pool.states["alpha"], time.time(), None)
+    await persister.stop()
+    assert any(n.startswith("state.db.corrupt-") for n in os.listdir(tmp_path))
+    store = SQLiteStore(str(db))
+    saved = await store.load()
+    await store.close()
+    assert saved["alpha"]["quota_until"] > time.time()

@@ -148,7 +148,8 @@ async def test_request_body_goes_upstream_byte_for_byte_with_the_account_key(
                 "Authorization": "Bearer client-secret",
                 "x-api-key": "client-secret",
                 "Cookie": "session=abc",
-                "Connection": "keep-alive, X-Custom",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "dropped: named by Connection",
                 "X-Custom-Header": "kept",
             },
         ) as r,
@@ -163,6 +164,7 @@ async def test_request_body_goes_upstream_byte_for_byte_with_the_account_key(
     assert "x-api-key" not in {k.lower() for k in h}
     assert "Cookie" not in h
     assert h["X-Custom-Header"] == "kept"
+    assert "X-Hop" not in h
 
 
 async def test_models_and_embeddings_are_forwarded(upstream: Upstream, proxied: str) -> None:
