@@ -148,7 +148,10 @@ async def relay_stream(
                 client.last_read = loop.time()
                 if log is not None:
                     log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
-                out = shaper.render(reframer.feed(chunk))
+                if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
+                    out = chunk
+                else:
+                    out = shaper.render(reframer.feed(chunk))
                 if out:
                     if not client.prepared and _only_error(shaper):
                         break

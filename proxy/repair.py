@@ -8,7 +8,6 @@ comment blocks, and nothing for blocks that would make an SDK raise.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +22,7 @@ PING_EVENTS = frozenset({b"ping", b"heartbeat", b"keep-alive", b"keepalive"})
 # follows it (empty choices and a usage object; Azure's first chunk, which carries
 # prompt_filter_results, has empty choices too). Searched as bytes so no JSON is
 # parsed per event.
-_FINISH = re.compile(rb'(?P<reason>"finish_reason"\s*:\s*")|"choices"\s*:\s*\[\s*\]')
-_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_JSON_SPACE = b" \t\r\n"
 TRUNCATED = "upstream stream ended before the answer was complete (truncated: no finish_reason)"
 
 
@@ -97,11 +94,60 @@ def bare_error(line: bytes) -> bytes | None:
     return None
 
 
-def _ends_answer(data: bytes) -> bool:
-    match = _FINISH.search(data)
-    if match is None:
+def _value_at(data: bytes, key: bytes) -> int:
+    """Index of the first byte of ``key``'s value in a JSON payload, or -1.
+
+    bytes.find, not a regex: this runs on every event. A quoted key cannot match
+    inside a JSON string, where every quote is escaped.
+    """
+    i = data.find(key)
+    n = len(data)
+    while i != -1:
+        j = i + len(key)
+        while j < n and data[j] in _JSON_SPACE:
+            j += 1
+        if j < n and data[j] == 0x3A:  # ':'
+            j += 1
+            while j < n and data[j] in _JSON_SPACE:
+                j += 1
+            return j if j < n else -1
+        i = data.find(key, j)
+    return -1
+
+
+def _has_usage(data: bytes) -> bool:
+    j = _value_at(data, b'"usage"')
+    return j != -1 and data[j] == 0x7B  # '{'
+
+
+def _no_choices(data: bytes) -> bool:
+    j = _value_at(data, b'"choices"')
+    if j == -1 or data[j] != 0x5B:  # '['
         return False
-    return match["reason"] is not None or _USAGE.search(data) is not None
+    j += 1
+    while j < len(data) and data[j] in _JSON_SPACE:
+        j += 1
+    return data[j : j + 1] == b"]"
+
+
+def _any_finish(data: bytes) -> bool:
+    """Some event in ``data`` has a non-null finish_reason (any occurrence, not the first)."""
+    key = b'"finish_reason"'
+    i = data.find(key)
+    while i != -1:
+        j = _value_at(data[i:], key)
+        if j != -1 and data[i + j] == 0x22:
+            return True
+        i = data.find(key, i + len(key))
+    return False
+
+
+def _ends_answer(data: bytes) -> bool:
+    """A non-null finish_reason, or the usage chunk (empty choices) that follows it."""
+    j = _value_at(data, b'"finish_reason"')
+    if j != -1 and data[j] == 0x22:  # '"'
+        return True
+    return _no_choices(data) and _has_usage(data)
 
 
 def usage_of(body: bytes) -> tuple[int, int] | None:
@@ -187,6 +233,33 @@ class OpenAIShaper:
         self.error_payload: bytes | None = None  # the first error sent, as JSON
         self._trace = trace
 
+    def passthrough(self, chunk: bytes) -> bool:
+        """The fast path: True when ``chunk`` is whole, already-normal events that go out
+        unchanged (``data: {...}`` blocks ending in LF LF, UTF-8, no [DONE], error or
+        usage chunk). A handful of C-speed scans of the chunk, no per-line Python work.
+        """
+        if self.done or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+            return False
+        n = chunk.count(b"\n\n")
+        if chunk.count(b"\n") != 2 * n or not chunk.startswith(b"data: {"):
+            return False
+        if chunk.count(b"\n\ndata: {") != n - 1 or chunk.count(b"}\n\n") != n:
+            return False
+        if b"[DONE]" in chunk or b'"error"' in chunk or (b'"usage"' in chunk and _has_usage(chunk)):
+            return False
+        if not chunk.isascii():
+            try:
+                chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        if not self.finished:
+            keys = chunk.count(b'"finish_reason"')
+            # Compact JSON says null plainly; only other spellings need the full look.
+            if keys and keys != chunk.count(b'"finish_reason":null') and _any_finish(chunk):
+                self.finished = True
+        self.events += n
+        return True
+
     def _repair(self, kind: str) -> None:
         self.repairs[kind] += 1
         if self._trace is not None:
@@ -257,9 +330,9 @@ class OpenAIShaper:
             # Forwarded unchanged (nothing is lost) but counted, so operators can see
             # which upstream sends it.
             self._repair("non_json_payload")
-        if _USAGE.search(data) is not None:
+        if b'"usage"' in data and _has_usage(data):
             self.usage = usage_of(data) or self.usage
-            if self.strip_usage and _NO_CHOICES.search(data) is not None:
+            if self.strip_usage and _no_choices(data):
                 self.finished = True
                 return b""
         self.events += 1

@@ -175,6 +175,11 @@ class Reframer:
         return out
 
     @property
+    def idle(self) -> bool:
+        """Between events: nothing buffered, no line end or BOM half-seen, no fields."""
+        return not (self._buf or self._fields or self._skip_lf or self._at_start)
+
+    @property
     def pending(self) -> bool:
         """True when bytes of an unfinished event are buffered."""
         return bool(self._buf) or self._fields

@@ -648,3 +648,48 @@ def test_stray_items_render_like_their_lines() -> None:
     assert shaper.render([Stray(b'{"error": {"message": "m"}}')]) == ev(
         b'{"error": {"message": "m"}}'
     )
+
+
+_FAST_PIECES = st.sampled_from(
+    [
+        b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}\n\n',
+        b'data: {"choices":[{"delta":{"content":"\xc3\xa9"},"finish_reason":null}]}\n\n',
+        b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
+        b'data: {"choices":[{"delta":{},"finish_reason" : "length"}]}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n',
+        b'data: {"usage":null,"choices":[{"delta":{"content":"x"}}]}\n\n',
+        b'data: {"error":{"message":"boom"}}\n\n',
+        b"data: [DONE]\n\n",
+        b'data: {"a":1}\r\n\r\n',
+        b'data: {"a":1}\ndata: {"b":2}\n\n',
+        b"data: not json\n\n",
+        b"data:\n\n",
+        b": comment\n\n",
+        b"event: ping\n\n",
+        b'data: {"a":"\xff"}\n\n',
+        b'data: {"content":"data: {fake}\\n\\n"}\n\n',
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.lists(_FAST_PIECES, min_size=1, max_size=4), min_size=1, max_size=6), st.booleans()
+)
+def test_fast_path_is_indistinguishable_from_the_full_path(
+    reads: list[list[bytes]], strip_usage: bool
+) -> None:
+    chunks = [b"".join(r) for r in reads]
+    fast, full = OpenAIShaper(strip_usage=strip_usage), OpenAIShaper(strip_usage=strip_usage)
+    rf, rs = Reframer(), Reframer()
+    out_fast = out_full = b""
+    for c in [b"", *chunks]:
+        if rf.idle and fast.passthrough(c):
+            out_fast += c
+        else:
+            out_fast += fast.render(rf.feed(c))
+        out_full += full.render(rs.feed(c))
+    out_fast += fast.render(rf.close()) + fast.finish()
+    out_full += full.render(rs.close()) + full.finish()
+    assert out_fast == out_full
+    assert (fast.events, fast.finished, fast.done) == (full.events, full.finished, full.done)
