@@ -67,13 +67,7 @@ def create_app(config: Config) -> web.Application:
     app[RUNTIME] = rt
     app[METRICS] = m = Metrics(lambda: app[RUNTIME].router.pool)
     m.in_flight.set_function(lambda: len(app[RUNTIME].streams))
-    s = config.server
-    app[GATE] = Gate(
-        max_concurrent=s.max_concurrent,
-        client_rpm=s.client_rpm,
-        max_body=s.max_body_bytes,
-        on_done=m.record,
-    )
+    app[GATE] = Gate(server=lambda: app[RUNTIME].router.config.server, on_done=m.record)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_route("POST", "/v1/{tail:.+}", proxy)
     app.router.add_route("GET", "/v1/{tail:.+}", proxy)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .config import ServerConfig
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -43,11 +44,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class Gate:
-    """Process-wide admission state: draining, requests in flight, client rate windows."""
+    """Process-wide admission state: draining, requests in flight, client rate windows.
 
-    max_concurrent: int = 0
-    client_rpm: int = 0
-    max_body: int = 0
+    The limits are read from ``server()`` for each request, so a reload applies them.
+    """
+
+    server: Callable[[], ServerConfig] = ServerConfig
     draining: bool = False
     in_flight: int = 0
     windows: dict[str, deque[float]] = field(default_factory=dict)
@@ -73,19 +75,26 @@ class Gate:
             return False
         return True
 
-    def admit(self, request: web.Request) -> None:
+    def admit(self, request: web.Request) -> web.Request:
+        """The request, admitted (with the body limit in force now), or an error raised."""
+        s = self.server()
         if self.draining:
             raise NoAccount("seamline is shutting down", retry_after=1)
-        if self.max_concurrent and self.in_flight >= self.max_concurrent:
+        if s.max_concurrent and self.in_flight >= s.max_concurrent:
             raise NoAccount("too many concurrent requests", retry_after=1)
         length = request.content_length
-        if self.max_body and length is not None and length > self.max_body:
+        if length is not None and length > s.max_body_bytes:
             # Refused before a byte of it is read.
-            raise BodyTooLarge(f"request body exceeds {self.max_body} bytes")
+            raise BodyTooLarge(f"request body exceeds {s.max_body_bytes} bytes")
+        if request.client_max_size != s.max_body_bytes:
+            # A reload changed the limit, and aiohttp enforces it on chunked bodies.
+            return request.clone(client_max_size=s.max_body_bytes)
+        return request
 
     def rate(self, request: web.Request) -> None:
         """429 once this client key has made client_rpm requests in the last minute."""
-        if not self.client_rpm:
+        client_rpm = self.server().client_rpm
+        if not client_rpm:
             return
         now = time.monotonic()
         if len(self.windows) > 10_000:
@@ -94,7 +103,7 @@ class Gate:
         window = self.windows.setdefault(_digest(client_key(request)), deque())
         while window and window[0] <= now - 60:
             window.popleft()
-        if len(window) >= self.client_rpm:
+        if len(window) >= client_rpm:
             raise RateLimited(
                 "rate limit for this API key reached", retry_after=window[0] + 60 - now
             )
@@ -142,7 +151,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             if _DOT_SEGMENTS.intersection(request.path.split("/")):
                 # The upstream URL would resolve them, out of the account's base_url.
                 raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-            gate.admit(request)
+            request = gate.admit(request)
             admitted = True
             gate.enter()
         resp = await handler(request)

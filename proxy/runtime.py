@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from .accounts import Strategy
 from .config import Config, ConfigError, load
 from .logs import get_logger, redactor
 from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
@@ -67,9 +68,14 @@ def reload(rt: Runtime, path: str) -> bool:
     old = rt.router.config
     if (old.server.host, old.server.port) != (config.server.host, config.server.port):
         log.warning("config_reload_partial", detail="host and port change only on restart")
+    if old.state_path != config.state_path:
+        log.warning("config_reload_partial", detail="state.path changes only on restart")
     redactor.set_secrets(config.secrets())
     pool = rt.router.pool
     pool.replace_accounts([limits_of(a) for a in config.accounts])
+    pool.strategy = Strategy(config.routing.strategy)
+    pool.breaker_threshold = config.routing.breaker_threshold
+    pool.breaker_cooldown = config.routing.breaker_cooldown
     rt.router = Router(config, pool, oauth)
     log.info("config_reloaded", path=path, accounts=[a.name for a in config.accounts])
     warn_readable_secrets(config)
@@ -79,7 +85,7 @@ def reload(rt: Runtime, path: str) -> bool:
 def warn_readable_secrets(config: Config) -> None:
     """Warn about credentials files (and a config holding keys) that others may read."""
     paths = [Path(a.credentials).expanduser() for a in config.accounts if a.credentials]
-    if any(a.api_key for a in config.accounts) and config.path not in ("", "<config>"):
+    if _holds_a_secret(config):
         paths.append(Path(config.path))
     for path in paths:
         try:
@@ -93,3 +99,17 @@ def warn_readable_secrets(config: Config) -> None:
                 mode=oct(stat.S_IMODE(mode)),
                 fix=f"chmod 600 {path}",
             )
+
+
+def _holds_a_secret(config: Config) -> bool:
+    """Whether the config file itself spells out a key (account, client or admin).
+
+    Keys given by ``*_env`` live in the environment, not in the file.
+    """
+    if config.path in ("", "<config>"):
+        return False
+    try:
+        text = Path(config.path).read_text("utf-8", "replace")
+    except OSError:
+        return False
+    return any(secret in text for secret in config.secrets())
