@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -42,7 +43,8 @@ def inspect_body(route: str, body: bytes) -> ClientRequest:
     """Parse the body enough to route it; model routes must carry a JSON ``model``."""
     try:
         obj = json.loads(body) if body else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser's stack, as invalid as bad syntax.
         if route in _MODEL_ROUTES:
             raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
         return ClientRequest(body)
@@ -117,11 +119,14 @@ async def forward(
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
     plan = plan_request(tail, req, model)
+    # The path and query go upstream as the client encoded them: decoded, an encoded
+    # '?' or '/' would change what the upstream is asked for.
+    url = request.rel_url
     answer = await router.open(
         session,
         request.method,
-        tail,
-        request.query_string,
+        url.raw_path.removeprefix("/v1/"),
+        url.raw_query_string,
         request.headers,
         plan.bodies,
         model,
@@ -143,6 +148,7 @@ def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:
     # Some upstreams echo the key they were sent; it must not reach the client.
     data = normalize_error(redactor.scrub_known(answer.body))
     outcome.status = answer.status
+    outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(data)
     return web.Response(status=answer.status, body=data, headers=headers)
 
@@ -170,9 +176,11 @@ async def _relay(
         if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
             if completions and not req.stream:
                 # A stream for a client that asked for one JSON answer.
+                collector = OpenAIShaper(trace=_tracer(tracer))
                 agg, error = await collect_stream(
-                    resp, timeouts, config.server.max_event_bytes, limit
+                    resp, timeouts, config.server.max_event_bytes, limit, collector
                 )
+                outcome.repairs.update(collector.repairs)
                 usage = usage_from(agg.usage)
                 if error is not None:
                     outcome.error = _error_message(error)
@@ -186,7 +194,7 @@ async def _relay(
                 keep_event_names=not completions,
                 check_endings=completions,
                 strip_usage=plan.strip_usage,
-                trace=None if tracer is None else partial(_trace_repair, tracer),
+                trace=_tracer(tracer),
             )
             try:
                 return await relay_stream(
@@ -268,6 +276,10 @@ def _error_message(payload: bytes | None) -> str:
 
 def _trace_repair(tracer: Any, kind: str) -> None:
     tracer.debug("repair", kind=kind)
+
+
+def _tracer(tracer: Any) -> Callable[[str], None] | None:
+    return None if tracer is None else partial(_trace_repair, tracer)
 
 
 def _dumps(obj: Any) -> bytes:

@@ -20,11 +20,17 @@ from multidict import CIMultiDict
 
 from .config import Timeouts
 from .convert import Aggregator
-from .errors import SeamlineError, StreamTooLarge, UpstreamError, UpstreamProtocolError
+from .errors import (
+    SeamlineError,
+    StreamTooLarge,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .sse import EventTooLarge, Reframer
-from .upstream import map_error
+from .upstream import IdleWatch, map_error
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -92,6 +98,9 @@ class ClientStream:
         finally:
             self.writing = False
 
+    def is_writing(self) -> bool:
+        return self.writing
+
     def _tick(self) -> None:
         idle = self._loop.time() - self.last_read
         wait = self._heartbeat - idle
@@ -142,10 +151,11 @@ async def relay_stream(
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
     loop = asyncio.get_running_loop()
+    watch = IdleWatch(upstream, timeouts.idle, client.is_writing)
     try:
         try:
             async for chunk in upstream.content.iter_any():
-                client.last_read = loop.time()
+                client.last_read = watch.last = loop.time()
                 if log is not None:
                     log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
                 if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
@@ -187,6 +197,7 @@ async def relay_stream(
         # The client went away; the finally below closes the upstream at once.
         outcome.client_gone = True
     finally:
+        watch.cancel()
         await client.close()
         upstream.close()
         outcome.events = shaper.events
@@ -237,6 +248,10 @@ def _status_error(
     return web.Response(status=status, body=payload, headers=out_headers)
 
 
+def watch_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
     """Make a read fail, not hang, when the upstream connection dies mid-body.
 
@@ -262,8 +277,10 @@ async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Time
     """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes."""
     parts: list[bytes] = []
     size = 0
+    watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in upstream.content.iter_any():
+            watch.last = watch_time()
             size += len(chunk)
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
@@ -271,6 +288,7 @@ async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Time
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise map_error(exc, timeouts, headers_phase=False) from exc
     finally:
+        watch.cancel()
         upstream.release()
     return b"".join(parts)
 
@@ -294,8 +312,10 @@ async def collect_stream(
     reframer = Reframer(max_event_bytes)
     size = 0
     _fail_body_on_close(upstream)
+    watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in upstream.content.iter_any():
+            watch.last = watch_time()
             size += len(chunk)
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
@@ -306,10 +326,11 @@ async def collect_stream(
             _aggregate(shaper.render(reframer.close()) + shaper.finish(), agg)
     except EventTooLarge as exc:
         return agg, error_json(str(exc), code="event_too_large")
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamTimeout) as exc:
         err = _mid_stream_error(exc, timeouts, shaper)
         return agg, error_json(err.message, code=err.code)
     finally:
+        watch.cancel()
         upstream.close()
     return agg, shaper.error_payload
 

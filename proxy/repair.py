@@ -130,16 +130,21 @@ def _no_choices(data: bytes) -> bool:
     return data[j : j + 1] == b"]"
 
 
-def _any_finish(data: bytes) -> bool:
-    """Some event in ``data`` has a non-null finish_reason (any occurrence, not the first)."""
-    key = b'"finish_reason"'
+def _any_value(data: bytes, key: bytes, first: int) -> bool:
+    """Some occurrence of ``key`` in ``data`` (any, not only the first) has a value
+    starting with the byte ``first``: a chunk can hold several events."""
     i = data.find(key)
     while i != -1:
         j = _value_at(data[i:], key)
-        if j != -1 and data[i + j] == 0x22:
+        if j != -1 and data[i + j] == first:
             return True
         i = data.find(key, i + len(key))
     return False
+
+
+def _any_finish(data: bytes) -> bool:
+    """Some event in ``data`` has a non-null finish_reason."""
+    return _any_value(data, b'"finish_reason"', 0x22)  # '"'
 
 
 def _ends_answer(data: bytes) -> bool:
@@ -245,7 +250,9 @@ class OpenAIShaper:
             return False
         if chunk.count(b"\n\ndata: {") != n - 1 or chunk.count(b"}\n\n") != n:
             return False
-        if b"[DONE]" in chunk or b'"error"' in chunk or (b'"usage"' in chunk and _has_usage(chunk)):
+        if b"[DONE]" in chunk or b'"error"' in chunk:
+            return False
+        if b'"usage"' in chunk and _any_value(chunk, b'"usage"', 0x7B):  # '{'
             return False
         if not chunk.isascii():
             try:

@@ -7,7 +7,7 @@ into the :mod:`proxy.errors` tree.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -135,7 +135,11 @@ def map_error(exc: BaseException, timeouts: Timeouts, *, headers_phase: bool) ->
             return UpstreamTimeout(
                 f"upstream sent no response headers within {timeouts.headers:g}s"
             )
-        return UpstreamTimeout(f"upstream sent nothing for {timeouts.idle:g}s")
+        # The idle timeout is IdleWatch's own UpstreamTimeout; a TimeoutError in the
+        # body is aiohttp's total timeout.
+        if timeouts.total:
+            return UpstreamTimeout(f"upstream did not finish within {timeouts.total:g}s")
+        return UpstreamTimeout("upstream timed out")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamProtocolError(f"upstream response body is broken: {exc}")
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
@@ -174,10 +178,48 @@ async def send(
             )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise map_error(exc, timeouts, headers_phase=True) from exc
-    # The idle timeout only starts once the headers are in: a slow first token on
-    # a non-streamed request is covered by the (longer) headers timeout instead.
-    conn = resp.connection
-    if conn is not None and conn.protocol is not None and timeouts.idle:
-        conn.protocol.read_timeout = timeouts.idle
-        conn.protocol.start_timeout()
     return resp
+
+
+class IdleWatch:
+    """Fails the body read of ``upstream`` once it has waited ``idle`` seconds for data.
+
+    The reader sets ``last`` when a read returns. One timer per stream, re-armed only
+    when it fires: aiohttp's own read timeout reschedules a timer on every socket
+    read, a cost paid per event. While ``busy()`` (the reader is writing to its
+    client, so not reading) the wait does not count, as aiohttp's does not while
+    reading is paused.
+    """
+
+    __slots__ = ("_busy", "_content", "_idle", "_loop", "_timer", "last")
+
+    def __init__(
+        self,
+        upstream: aiohttp.ClientResponse,
+        idle: float,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+        self._content = upstream.content
+        self._idle = idle
+        self._busy = busy
+        self._timer = self._loop.call_later(idle, self._check) if idle > 0 else None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._busy is not None and self._busy():
+            self.last = now
+        wait = self.last + self._idle - now
+        if wait > 0:
+            self._timer = self._loop.call_later(wait, self._check)
+            return
+        self._timer = None
+        content = self._content
+        if not content.is_eof() and content.exception() is None:
+            content.set_exception(UpstreamTimeout(f"upstream sent nothing for {self._idle:g}s"))
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -422,10 +422,10 @@ async def test_metrics_count_known_traffic_exactly(
     assert value(m, "seamline_stream_bytes_total") == sum(len(b) for b in streamed)
     assert series(m, "seamline_repairs_total") == {labels(kind="done_appended"): 1.0}
     assert series(m, "seamline_failovers_total") == {labels(reason="upstream_failure"): 1.0}
-    # A first byte for each upstream answer but the relayed 404 (the xfail below) and none
-    # for seamline's own 400; a duration for every request.
-    assert value(m, "seamline_time_to_first_byte_seconds_count") == 8
-    assert value(m, "seamline_time_to_first_byte_seconds_bucket", le="+Inf") == 8
+    # A first byte for each upstream answer (the relayed 404 too), none for seamline's
+    # own 400; a duration for every request.
+    assert value(m, "seamline_time_to_first_byte_seconds_count") == 9
+    assert value(m, "seamline_time_to_first_byte_seconds_bucket", le="+Inf") == 9
     assert value(m, "seamline_request_duration_seconds_count") == 10
     assert value(m, "seamline_request_duration_seconds_bucket", le="+Inf") == 10
     assert value(m, "seamline_streams_in_flight") == 0
@@ -441,11 +441,6 @@ async def test_metrics_count_known_traffic_exactly(
         assert value(m, "seamline_account_in_flight", account=name) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forward._failed (an upstream error answer relayed as it is) sets no "
-    "outcome.first_byte, unlike forward._json; remove this marker once it does",
-)
 async def test_a_relayed_upstream_error_has_a_time_to_first_byte(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
@@ -840,11 +835,6 @@ def _fuzz(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(fuzz.upstream_runner.cleanup())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forward.inspect_body catches ValueError only: json.loads raises RecursionError "
-    "for deep nesting, which becomes a 500; remove this marker once it is a 400 invalid_json",
-)
 async def test_deeply_nested_json_is_a_400_not_a_500(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
@@ -856,20 +846,19 @@ async def test_deeply_nested_json_is_a_400_not_a_500(
     assert reply.status == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="forward.py builds the upstream URL from match_info['tail'], which is decoded: "
-    "an encoded '?' (%3F) in the client's path becomes the upstream query; remove this "
-    "marker once the path goes upstream as the client encoded it",
+@pytest.mark.parametrize(
+    "target",
+    [b"/v1/files/a%3Fpurpose=x", b"/v1/models?q=a%26b%3Dc&x=1", b"/v1/files/a%2Fb"],
+    ids=["encoded-question-mark-in-path", "encoded-ampersand-in-query", "encoded-slash"],
 )
-async def test_an_encoded_question_mark_stays_in_the_upstream_path(
-    upstream: Upstream, seamline: StartSeamline
+async def test_path_and_query_go_upstream_as_the_client_encoded_them(
+    upstream: Upstream, seamline: StartSeamline, target: bytes
 ) -> None:
     base = await seamline(conf(account("a", upstream.url)))
     upstream.script(b'{"object":"list","data":[]}', content_type="application/json")
-    reply = await raw_request(root(base), b"GET /v1/files/a%3Fpurpose=x")
+    reply = await raw_request(root(base), b"GET " + target)
     assert reply.status == 200
-    assert upstream.requests[0]["path"] == "/v1/files/a%3Fpurpose=x"
+    assert upstream.requests[0]["path"] == target.decode()
 
 
 # -- 7. secrets that others may read -------------------------------------------------------

@@ -693,3 +693,16 @@ def test_fast_path_is_indistinguishable_from_the_full_path(
     out_full += full.render(rs.close()) + full.finish()
     assert out_fast == out_full
     assert (fast.events, fast.finished, fast.done) == (full.events, full.finished, full.done)
+
+
+def test_fast_path_sees_a_usage_object_after_a_null_usage_in_one_read() -> None:
+    # Two events in one read: the first says "usage":null, the second carries the usage;
+    # the read is not plain pass-through, since the usage chunk may need stripping.
+    chunk = (
+        b'data: {"usage":null,"choices":[{"delta":{"content":"x"}}]}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+    )
+    shaper = OpenAIShaper(strip_usage=True)
+    assert not shaper.passthrough(chunk)
+    out = shaper.render(Reframer().feed(chunk))
+    assert b"prompt_tokens" not in out and b'"content":"x"' in out
