@@ -94,6 +94,15 @@ def plan_request(route: str, req: ClientRequest, upstream_model: str | None) -> 
     return Plan(Bodies(_rewrite(req.body, obj, base), req.body, forced), False, False)
 
 
+@dataclass(frozen=True, slots=True)
+class Wants:
+    """What the client's answer must look like, once the request has gone upstream."""
+
+    stream: bool
+    strip_usage: bool
+    client_usage: bool
+
+
 def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
     if not changes:
         return body
@@ -111,10 +120,7 @@ async def forward(
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
     tail = request.match_info["tail"]
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"request body exceeds {config.server.max_body_bytes} bytes") from None
+    raw = await _read_request(request, config.server.max_body_bytes)
     req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
@@ -134,11 +140,26 @@ async def forward(
     )
     if isinstance(answer, FailedAnswer):
         return _failed(answer, outcome)
+    wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
+    # A stream can live for minutes: keep nothing of the request body alive meanwhile.
+    del raw, req, plan
     streams.add(answer.response)
     try:
-        return await _relay(request, router, answer, outcome, tail, req, plan, trace)
+        return await _relay(request, router, answer, outcome, tail, wants, trace)
     finally:
         streams.discard(answer.response)
+
+
+async def _read_request(request: web.Request, limit: int) -> bytes:
+    """The client's body, refused past ``limit`` bytes as it arrives. Not
+    ``request.read()``: that keeps the body on the request for the life of the stream."""
+    body = bytearray()
+    read = request.content.readany
+    while chunk := await read():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    return bytes(body)
 
 
 def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:
@@ -159,8 +180,7 @@ async def _relay(
     answer: UpstreamAnswer,
     outcome: Outcome,
     tail: str,
-    req: ClientRequest,
-    plan: Plan,
+    wants: Wants,
     trace: bool,
 ) -> web.StreamResponse:
     config = router.config
@@ -174,7 +194,7 @@ async def _relay(
     tracer = log.bind(request_id=outcome.request_id) if trace else None
     try:
         if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-            if completions and not req.stream:
+            if completions and not wants.stream:
                 # A stream for a client that asked for one JSON answer.
                 collector = OpenAIShaper(trace=_tracer(tracer))
                 agg, error = await collect_stream(
@@ -193,7 +213,7 @@ async def _relay(
             shaper = OpenAIShaper(
                 keep_event_names=not completions,
                 check_endings=completions,
-                strip_usage=plan.strip_usage,
+                strip_usage=wants.strip_usage,
                 trace=_tracer(tracer),
             )
             try:
@@ -218,8 +238,8 @@ async def _relay(
             outcome.error = exc.message
             raise
         usage = usage_of(data)
-        if completions and req.stream and resp.status < 400:
-            return _json_to_stream(outcome, headers, resp.status, data, plan, tracer)
+        if completions and wants.stream and resp.status < 400:
+            return _json_to_stream(outcome, headers, resp.status, data, wants, tracer)
         return _json(outcome, headers, resp.status, data)
     finally:
         broken = outcome.error if not outcome.client_gone else None
@@ -227,7 +247,12 @@ async def _relay(
 
 
 def _json_to_stream(
-    outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes, plan: Plan, tracer: Any
+    outcome: Outcome,
+    headers: CIMultiDict[str],
+    status: int,
+    data: bytes,
+    wants: Wants,
+    tracer: Any,
 ) -> web.Response:
     """A streaming client answered with JSON: a completion becomes its chunk stream,
     an error object an HTTP error (nothing was streamed yet)."""
@@ -244,7 +269,7 @@ def _json_to_stream(
         tracer.debug("repair", kind="json_to_stream")
     outcome.repairs["json_to_stream"] = 1
     outcome.stream = True
-    body = completion_to_sse(obj, include_usage=plan.client_usage)
+    body = completion_to_sse(obj, include_usage=wants.client_usage)
     outcome.status = status
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(body)
