@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 MAX_BACKOFF = 300.0
@@ -41,6 +41,28 @@ class Block(StrEnum):
 
 # Blocks that clear by waiting, and so deserve a 429 with Retry-After.
 RATE_BLOCKS = frozenset({Block.QUOTA, Block.RATE, Block.RPM, Block.DAILY})
+
+
+class Change(StrEnum):
+    """What happened to an account's health, as told to a PoolListener."""
+
+    FAILURE = "failure"  # an error: cooldown, quota, breaker or a disable may follow
+    SUCCESS = "success"  # backoff and breaker were reset
+    DISABLE = "disable"
+    ENABLE = "enable"
+
+
+class PoolListener(Protocol):
+    """Hears what the pool decided, to share it (Redis); must never block or raise."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def changed(self, st: AccountState, change: Change) -> None: ...
+
+    def used(self, st: AccountState, prompt: int, completion: int) -> None: ...
+
+    def released(self, st: AccountState) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +103,10 @@ class AccountState:
     breaker_open: bool = False
     probing: bool = False
     in_flight: int = 0
+    # Requests other replicas have in flight here, and until when the shared rpm window
+    # is full, as last seen in the shared state; both stay 0 for a single process.
+    others_in_flight: int = 0
+    rpm_full_until: float = 0.0
     recent: deque[float] = field(default_factory=deque)
     day_start: float = 0.0
     day_requests: int = 0
@@ -158,6 +184,7 @@ class Pool:
         self._cursor = 0
         self._current_weight: dict[str, int] = dict.fromkeys(self._order, 0)
         self.changed = False  # persisted state changed since the store last saved it
+        self.listener: PoolListener | None = None
 
     # --- configuration changes -------------------------------------------------
 
@@ -171,8 +198,9 @@ class Pool:
                 st = AccountState(lim)
             else:
                 st.limits = lim
-                if not st.disabled_persist:
+                if not st.disabled_persist and st.disabled is not None:
                     st.disabled = None  # a reload re-enables auth-disabled accounts
+                    self._tell(st, Change.ENABLE)
             self.states[lim.name] = st
         self._order = [a.name for a in accounts]
         self._current_weight = {n: self._current_weight.get(n, 0) for n in self._order}
@@ -206,9 +234,11 @@ class Pool:
                 return Block.BREAKER, st.breaker_until
             if st.probing:  # half-open: one probe at a time decides
                 return Block.BREAKER, None
-        if lim.max_concurrent and st.in_flight >= lim.max_concurrent:
+        if lim.max_concurrent and busy(st) >= lim.max_concurrent:
             return Block.BUSY, None
         if lim.rpm:
+            if st.rpm_full_until > now:
+                return Block.RPM, st.rpm_full_until
             self._prune(st, now)
             if len(st.recent) >= lim.rpm:
                 return Block.RPM, st.recent[0] + RPM_WINDOW
@@ -225,17 +255,24 @@ class Pool:
         self, model: str | None, now: float, exclude: Iterable[str] = ()
     ) -> AccountState | None:
         """The account to try next for ``model``, or None when none can take it."""
+        eligible = self.candidates(model, now, exclude)
+        return self.choose(eligible) if eligible else None
+
+    def candidates(
+        self, model: str | None, now: float, exclude: Iterable[str] = ()
+    ) -> list[AccountState]:
+        """The accounts of the best priority tier that could take ``model`` now, in order."""
         skip = set(exclude)
         eligible = [
             st for st in self.serving(model) if st.name not in skip and self.block(st, now) is None
         ]
         if not eligible:
-            return None
+            return []
         tier = min(st.limits.priority for st in eligible)
-        eligible = [st for st in eligible if st.limits.priority == tier]
-        return self._choose(eligible)
+        return [st for st in eligible if st.limits.priority == tier]
 
-    def _choose(self, eligible: list[AccountState]) -> AccountState:
+    def choose(self, eligible: list[AccountState]) -> AccountState:
+        """One of ``candidates`` by the strategy (advances the round-robin cursor)."""
         if self.strategy is Strategy.FILL_FIRST:
             return eligible[0]
         if self.strategy is Strategy.WEIGHTED:
@@ -254,7 +291,7 @@ class Pool:
         self._cursor += 1
         rotated = eligible[start:] + eligible[:start]
         if self.strategy is Strategy.LEAST_BUSY:
-            return min(rotated, key=lambda st: st.in_flight)
+            return min(rotated, key=busy)
         return rotated[0]
 
     def unavailable(self, model: str | None, now: float) -> Unavailable:
@@ -298,12 +335,16 @@ class Pool:
 
     def release(self, st: AccountState) -> None:
         st.in_flight = max(0, st.in_flight - 1)
+        if self.listener is not None:
+            self.listener.released(st)
         if st.probing and st.in_flight == 0:
             # The probe ended without a verdict (a client error, a 429, its client went
             # away): the next request probes again, rather than half-open forever.
             st.probing = False
 
     def succeeded(self, st: AccountState) -> None:
+        if st.backoff or st.failures or st.breaker_open:
+            self._tell(st, Change.SUCCESS)  # only a reset is news; most successes are not
         st.backoff = 0.0
         st.failures = 0
         st.breaker_open = False
@@ -335,6 +376,7 @@ class Pool:
         st.disabled_persist = persist
         st.disabled_credential = credential
         self._failed(st, reason)
+        self._tell(st, Change.DISABLE)
         return first
 
     def enable(self, st: AccountState) -> None:
@@ -342,6 +384,7 @@ class Pool:
         st.disabled_persist = False
         st.disabled_credential = None
         self.changed = True
+        self._tell(st, Change.ENABLE)
 
     def failed(self, st: AccountState, now: float, reason: str) -> None:
         """5xx, connection error or timeout: counts towards the circuit breaker."""
@@ -356,6 +399,11 @@ class Pool:
         st.errors += 1
         st.last_error = reason
         self.changed = True
+        self._tell(st, Change.FAILURE)
+
+    def _tell(self, st: AccountState, change: Change) -> None:
+        if self.listener is not None:
+            self.listener.changed(st, change)
 
     def add_usage(self, st: AccountState, prompt: int, completion: int, now: float) -> None:
         self._roll_day(st, now)
@@ -363,6 +411,8 @@ class Pool:
         st.completion_tokens += completion
         st.day_tokens += prompt + completion
         self.changed = True
+        if self.listener is not None:
+            self.listener.used(st, prompt, completion)
 
     # --- views -----------------------------------------------------------------
 
@@ -381,7 +431,7 @@ class Pool:
                     "quota_exhausted_until": _iso(st.quota_until, now),
                     "circuit_open_until": _iso(st.breaker_until, now) if st.breaker_open else None,
                     "disabled": st.disabled,
-                    "in_flight": st.in_flight,
+                    "in_flight": busy(st),
                     "requests_today": st.day_requests,
                     "tokens_today": st.day_tokens,
                     "requests": st.requests,
@@ -392,6 +442,11 @@ class Pool:
                 }
             )
         return out
+
+
+def busy(st: AccountState) -> int:
+    """Requests in flight on ``st`` here and, as last seen, on other replicas."""
+    return st.in_flight + st.others_in_flight
 
 
 def _iso(ts: float, now: float) -> str | None:

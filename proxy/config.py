@@ -80,6 +80,22 @@ class RoutingConfig:
     breaker_cooldown: float = 30.0
 
 
+BACKENDS = ("sqlite", "memory", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where pool state lives: SQLite for one process, Redis for several replicas."""
+
+    backend: str = "sqlite"
+    path: str = ":memory:"  # SQLite file; ":memory:" for the memory backend (and Redis)
+    url: str = ""  # redis://, rediss:// or unix:// (redis backend only)
+    prefix: str = "seamline"  # namespace of every Redis key, so deployments can share one
+    timeout_s: float = 0.25  # longest a request waits on Redis before deciding locally
+    sync_s: float = 0.5  # how often each replica pulls the shared view
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     path: str
@@ -88,7 +104,12 @@ class Config:
     accounts: tuple[AccountConfig, ...]
     routing: RoutingConfig = RoutingConfig()
     aliases: Mapping[str, str] = field(default_factory=dict)
-    state_path: str = ":memory:"
+    state: StateConfig = StateConfig()
+
+    @property
+    def state_path(self) -> str:
+        """The SQLite file, or ":memory:" when state is not kept in one."""
+        return self.state.path
 
     def secrets(self) -> list[str]:
         """Every secret value this config holds, for the log redactor."""
@@ -96,6 +117,8 @@ class Config:
         out.extend(self.server.api_keys)
         if self.server.admin_key:
             out.append(self.server.admin_key)
+        if password := urlsplit(self.state.url).password:
+            out.append(password)
         return out
 
     def timeouts_for(self, account: AccountConfig) -> Timeouts:
@@ -369,15 +392,39 @@ def _aliases(r: _Reader) -> dict[str, str]:
     return aliases
 
 
-def _state_path(r: _Reader, config_path: str) -> str:
-    path = r.get("path", str, "seamline-state.db")
+def _state(r: _Reader, config_path: str) -> StateConfig:
+    d = StateConfig()
+    backend = r.get("backend", str, d.backend)
+    r.check(
+        "backend", backend in BACKENDS, f"expected one of {', '.join(BACKENDS)}, got {backend!r}"
+    )
+    if backend != "sqlite":
+        r.check("path", "path" not in r.table, 'only used with backend = "sqlite"')
+    if backend != "redis":
+        for key in ("url", "prefix", "timeout_s", "sync_s"):
+            r.check(key, key not in r.table, 'only used with backend = "redis"')
+    path = r.get("path", str, "seamline-state.db") if backend == "sqlite" else ":memory:"
+    url = r.require("url", str) if backend == "redis" else ""
+    if url:
+        scheme = urlsplit(url).scheme
+        r.check(
+            "url",
+            scheme in REDIS_SCHEMES and not any(c.isspace() for c in url),
+            f"expected a redis://, rediss:// or unix:// URL, got a {scheme or 'schemeless'} URL",
+        )
+    prefix = r.get("prefix", str, d.prefix)
+    r.check("prefix", bool(prefix) and not any(c.isspace() for c in prefix), "must be a word")
+    timeout = _positive(r, "timeout_s", r.get("timeout_s", float, d.timeout_s))
+    r.check("timeout_s", timeout > 0, "must be positive")
+    sync = _positive(r, "sync_s", r.get("sync_s", float, d.sync_s))
+    r.check("sync_s", sync > 0, "must be positive")
     r.done()
-    if path == ":memory:":
-        return path
-    p = Path(path).expanduser()
-    if not p.is_absolute() and config_path not in ("<config>", ""):
-        p = Path(config_path).resolve().parent / p
-    return str(p)
+    if path != ":memory:":
+        p = Path(path).expanduser()
+        if not p.is_absolute() and config_path not in ("<config>", ""):
+            p = Path(config_path).resolve().parent / p
+        path = str(p)
+    return StateConfig(backend, path, url, prefix, timeout, sync)
 
 
 def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
@@ -392,7 +439,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
     timeouts = _timeouts(root.sub("timeouts"), Timeouts())
     routing = _routing(root.sub("routing"))
     aliases = _aliases(root.sub("models"))
-    state_path = _state_path(root.sub("state"), path)
+    state = _state(root.sub("state"), path)
     raw_accounts = root.table.pop("accounts", [])
     if not isinstance(raw_accounts, list):
         raise root.fail("accounts", "expected an array of tables ([[accounts]])")
@@ -414,7 +461,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
         accounts=tuple(accounts),
         routing=routing,
         aliases=aliases,
-        state_path=state_path,
+        state=state,
     )
 
 

@@ -77,6 +77,12 @@ class _PoolCollector(Collector):
             tokens.add_metric([name, "prompt"], st.prompt_tokens)
             tokens.add_metric([name, "completion"], st.completion_tokens)
         yield from (state, cooldown, in_flight, tokens)
+        if pool.listener is not None:
+            yield GaugeMetricFamily(
+                "seamline_shared_state_connected",
+                "1 while the shared state (Redis) is reachable; 0 while deciding locally",
+                value=1.0 if pool.listener.connected else 0.0,
+            )
 
 
 class Metrics:

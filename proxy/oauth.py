@@ -20,12 +20,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 
 from .errors import UpstreamError
 from .logs import get_logger
+
+if TYPE_CHECKING:
+    from .oauth_share import TokenShare
 
 DEFAULT_TOKEN_URL = "https://chat.qwen.ai/api/v1/oauth2/token"
 DEFAULT_DEVICE_URL = "https://chat.qwen.ai/api/v1/oauth2/device/code"
@@ -93,7 +96,7 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def _credentials_from(data: Any, where: str) -> Credentials:
+def credentials_from(data: Any, where: str) -> Credentials:
     if not isinstance(data, dict):
         raise OAuthError(f"{where}: expected a JSON object")
     access, refresh = _text(data.get("access_token")), _text(data.get("refresh_token"))
@@ -124,7 +127,7 @@ def load_credentials(path: str) -> Credentials:
     except ValueError as exc:
         # JSON and UTF-8 errors name a position, never the content: no token leaks.
         raise OAuthError(f"{full}: not valid JSON: {exc}") from None
-    return _credentials_from(data, full)
+    return credentials_from(data, full)
 
 
 def base_url_from(resource_url: str | None) -> str:
@@ -213,6 +216,8 @@ class OAuthAccount:
         self._stamp = self._stat()
         self._creds = load_credentials(self.path)
         self._inflight: asyncio.Task[Credentials] | None = None
+        # Set when replicas share state: refreshes are then coordinated through Redis.
+        self.share: TokenShare | None = None
 
     @property
     def credentials(self) -> Credentials:
@@ -228,14 +233,22 @@ class OAuthAccount:
         creds = self._usable()
         if creds.expires_at - now > self.refresh_skew:
             return creds.access_token
-        return (await self._refresh_once(session, now)).access_token
+
+        def fresh(c: Credentials) -> bool:
+            return c.expires_at - time.time() > self.refresh_skew
+
+        return (await self._refresh_once(session, now, fresh)).access_token
 
     async def refresh_after_401(self, session: aiohttp.ClientSession, rejected_token: str) -> str:
         """A new token after the upstream rejected ``rejected_token``; refreshes at most once."""
         creds = self._usable()
         if creds.access_token != rejected_token:
             return creds.access_token  # another request already refreshed
-        return (await self._refresh_once(session, time.time())).access_token
+
+        def replaced(c: Credentials) -> bool:
+            return c.access_token != rejected_token and c.expires_at > time.time()
+
+        return (await self._refresh_once(session, time.time(), replaced)).access_token
 
     def _usable(self) -> Credentials:
         creds = self.credentials
@@ -243,55 +256,76 @@ class OAuthAccount:
             raise OAuthRevoked(self.disabled_reason)
         return creds
 
-    async def _refresh_once(self, session: aiohttp.ClientSession, now: float) -> Credentials:
+    async def _refresh_once(
+        self, session: aiohttp.ClientSession, now: float, good: Callable[[Credentials], bool]
+    ) -> Credentials:
         # Single flight: every caller awaits the same refresh, which runs as its own task,
         # shielded: a caller that goes away must not abort it after the server already
         # rotated the refresh token, or the new one would never reach the file.
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(self._refresh(session, self._creds, now))
+            self._inflight = asyncio.create_task(self._coordinated(session, now, good))
             # When every waiter went away nobody reads the outcome: avoid "never retrieved".
             self._inflight.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(self._inflight)
 
-    async def _refresh(
-        self, session: aiohttp.ClientSession, creds: Credentials, now: float
+    async def _coordinated(
+        self, session: aiohttp.ClientSession, now: float, good: Callable[[Credentials], bool]
     ) -> Credentials:
+        """Refresh, or with replicas: take another replica's token or refresh under a lock."""
         try:
-            what = f"account {self.name!r}"
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": creds.refresh_token,
-                "client_id": self.client_id,
-            }
-            status, body, detail = await _post_form(session, self.token_url, form, what)
-            if status in (400, 401) or _text(body.get("error")) in _REVOKING_ERRORS:
-                reason = f"{what}: refresh token rejected ({detail}); log in again with `qwen`"
-                self.disabled_reason = reason
-                log.warning("oauth_refresh_revoked", account=self.name, reason=reason)
-                raise OAuthRevoked(reason)
-            access, expires_in = _text(body.get("access_token")), _number(body.get("expires_in"))
-            if status != 200 or access is None or not expires_in:
-                raise OAuthError(f"{what}: token refresh failed ({detail})")
-            new = replace(
-                creds,
-                access_token=access,
-                refresh_token=_text(body.get("refresh_token")) or creds.refresh_token,
-                token_type=_text(body.get("token_type")) or creds.token_type,
-                resource_url=_text(body.get("resource_url")) or creds.resource_url,
-                expiry_date=int((now + expires_in) * 1000),
+            creds = self._creds
+            if self.share is None:
+                return await self._refresh(session, creds, now)
+            new = await self.share.refresh(
+                self.name, creds, good, lambda base: self._refresh(session, base, time.time())
             )
-            self._creds = new
-            try:
-                # fsync may take a while on a busy disk: keep it off the event loop.
-                await asyncio.to_thread(write_credentials, self.path, new.to_json())
-                self._stamp = self._stat()
-            except OAuthError as exc:
-                # The new token works until a restart; keep serving, but say so loudly.
-                log.error("oauth_credentials_not_saved", account=self.name, error=str(exc))
-            log.info("oauth_token_refreshed", account=self.name, expires_in=expires_in)
+            if new is not self._creds:  # another replica's: keep it, and on disk too
+                self._creds = new
+                await self._save(new)
+                log.info("oauth_token_adopted", account=self.name)
             return new
         finally:
             self._inflight = None
+
+    async def _save(self, creds: Credentials) -> None:
+        try:
+            # fsync may take a while on a busy disk: keep it off the event loop.
+            await asyncio.to_thread(write_credentials, self.path, creds.to_json())
+            self._stamp = self._stat()
+        except OAuthError as exc:
+            # The new token works until a restart; keep serving, but say so loudly.
+            log.error("oauth_credentials_not_saved", account=self.name, error=str(exc))
+
+    async def _refresh(
+        self, session: aiohttp.ClientSession, creds: Credentials, now: float
+    ) -> Credentials:
+        what = f"account {self.name!r}"
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": creds.refresh_token,
+            "client_id": self.client_id,
+        }
+        status, body, detail = await _post_form(session, self.token_url, form, what)
+        if status in (400, 401) or _text(body.get("error")) in _REVOKING_ERRORS:
+            reason = f"{what}: refresh token rejected ({detail}); log in again with `qwen`"
+            self.disabled_reason = reason
+            log.warning("oauth_refresh_revoked", account=self.name, reason=reason)
+            raise OAuthRevoked(reason)
+        access, expires_in = _text(body.get("access_token")), _number(body.get("expires_in"))
+        if status != 200 or access is None or not expires_in:
+            raise OAuthError(f"{what}: token refresh failed ({detail})")
+        new = replace(
+            creds,
+            access_token=access,
+            refresh_token=_text(body.get("refresh_token")) or creds.refresh_token,
+            token_type=_text(body.get("token_type")) or creds.token_type,
+            resource_url=_text(body.get("resource_url")) or creds.resource_url,
+            expiry_date=int((now + expires_in) * 1000),
+        )
+        self._creds = new
+        await self._save(new)
+        log.info("oauth_token_refreshed", account=self.name, expires_in=expires_in)
+        return new
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -384,6 +418,6 @@ async def device_login(
         raise OAuthError(f"{what}: the token answer has no valid expires_in")
     answer = {k: body.get(k) for k in _KNOWN_FIELDS}
     answer["expiry_date"] = int((clock() + expires_in) * 1000)
-    creds = _credentials_from(answer, f"{what}: token answer")
+    creds = credentials_from(answer, f"{what}: token answer")
     write_credentials(credentials_path, creds.to_json())
     return creds

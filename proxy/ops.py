@@ -21,7 +21,10 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def readyz(request: web.Request) -> web.StreamResponse:
-    """503 while draining or when no account can take a request right now."""
+    """503 while draining or when no account can take a request right now.
+
+    With replicas, ``shared_state`` tells whether Redis is reachable.
+    """
     gate = request.app[GATE]
     pool = request.app[RUNTIME].router.pool
     now = time.time()
@@ -33,6 +36,10 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         "accounts_total": len(pool.states),
         "in_flight": gate.in_flight,
     }
+    shared = request.app[RUNTIME].shared
+    if shared is not None:
+        # Not a reason to be unready: without Redis this replica decides on its own view.
+        body["shared_state"] = shared.link.status()
     if gate.draining or not eligible:
         body["status"] = "draining" if gate.draining else "no_account_available"
         return web.json_response(body, status=503)

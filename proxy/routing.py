@@ -11,6 +11,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDict
@@ -24,6 +25,9 @@ from .logs import get_logger, redactor
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
 from .outcome import Outcome
 from .relay import read_body
+
+if TYPE_CHECKING:
+    from .shared import SharedPool
 
 log = get_logger("seamline.routing")
 
@@ -101,6 +105,7 @@ class Router:
     config: Config
     pool: Pool
     oauth: dict[str, OAuthAccount] = field(default_factory=dict)
+    shared: SharedPool | None = None  # replicas sharing state through Redis
 
     @property
     def accounts(self) -> dict[str, AccountConfig]:
@@ -136,7 +141,7 @@ class Router:
         last_error: SeamlineError | None = None
         while len(tried) < limit:
             now = time.time()
-            st = pool.pick(model, now, exclude=tried)
+            st = await self._take(model, now, tried)
             if st is None:
                 break
             tried.append(st.name)
@@ -172,6 +177,22 @@ class Router:
         if last_error is not None:
             raise last_error
         raise NoAccount(verdict.message, retry_after=verdict.retry_after)
+
+    async def _take(self, model: str | None, now: float, tried: list[str]) -> AccountState | None:
+        """The next account to try; with replicas, one that all of them allow now."""
+        pool, shared = self.pool, self.shared
+        if shared is None:
+            return pool.pick(model, now, exclude=tried)
+        rotate = pool.strategy is Strategy.ROUND_ROBIN
+        refused = list(tried)
+        # Each round either takes an account or leaves out every candidate it offered,
+        # so this ends; a refusal costs no attempt, as the account was never called.
+        while candidates := pool.candidates(model, now, exclude=refused):
+            st, offered = await shared.take(candidates, rotate, now, pool.choose)
+            if st is not None:
+                return st
+            refused += [c.name for c in offered]
+        return None
 
     async def _attempt(
         self,

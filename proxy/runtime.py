@@ -18,7 +18,11 @@ from .accounts import Strategy
 from .config import Config, ConfigError, load
 from .logs import get_logger, redactor
 from .oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
+from .oauth_share import TokenShare
+from .redis_link import RedisLink
+from .redis_store import RedisStore
 from .routing import Router, limits_of, make_pool
+from .shared import SharedPersister, SharedPool
 from .state import Persister, open_store
 
 log = get_logger("seamline")
@@ -30,6 +34,11 @@ class Runtime:
     persister: Persister
     # Upstream responses being relayed: a drain that runs out of time ends them.
     streams: set[aiohttp.ClientResponse] = field(default_factory=set)
+    tokens: TokenShare | None = None  # OAuth tokens shared between replicas
+
+    @property
+    def shared(self) -> SharedPool | None:
+        return self.router.shared
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -38,7 +47,20 @@ RUNTIME = web.AppKey("runtime", Runtime)
 def build_runtime(config: Config) -> Runtime:
     pool = make_pool(config)
     router = Router(config, pool, oauth_accounts(config))
-    return Runtime(router, Persister(pool, open_store(config.state_path)))
+    state = config.state
+    if state.backend != "redis":
+        return Runtime(router, Persister(pool, open_store(config.state_path)))
+    link = RedisLink(state.url, state.timeout_s)
+    router.shared = SharedPool(pool, link, state.prefix, state.sync_s)
+    tokens = TokenShare(link, state.prefix)
+    share_tokens(router.oauth, tokens)
+    persister = SharedPersister(pool, RedisStore(link, state.prefix), router.shared)
+    return Runtime(router, persister, tokens=tokens)
+
+
+def share_tokens(oauth: dict[str, OAuthAccount], tokens: TokenShare | None) -> None:
+    for account in oauth.values():
+        account.share = tokens
 
 
 def oauth_accounts(config: Config) -> dict[str, OAuthAccount]:
@@ -68,15 +90,16 @@ def reload(rt: Runtime, path: str) -> bool:
     old = rt.router.config
     if (old.server.host, old.server.port) != (config.server.host, config.server.port):
         log.warning("config_reload_partial", detail="host and port change only on restart")
-    if old.state_path != config.state_path:
-        log.warning("config_reload_partial", detail="state.path changes only on restart")
+    if old.state != config.state:
+        log.warning("config_reload_partial", detail="[state] changes only on restart")
     redactor.set_secrets(config.secrets())
     pool = rt.router.pool
     pool.replace_accounts([limits_of(a) for a in config.accounts])
     pool.strategy = Strategy(config.routing.strategy)
     pool.breaker_threshold = config.routing.breaker_threshold
     pool.breaker_cooldown = config.routing.breaker_cooldown
-    rt.router = Router(config, pool, oauth)
+    share_tokens(oauth, rt.tokens)
+    rt.router = Router(config, pool, oauth, shared=rt.router.shared)
     log.info("config_reloaded", path=path, accounts=[a.name for a in config.accounts])
     warn_readable_secrets(config)
     return True

@@ -1,0 +1,184 @@
+"""The Redis key layout and the Lua scripts that update shared account state atomically.
+
+Keys (``P`` is ``[state] prefix``)::
+
+    P:acct:NAME        hash: health (cooldown, quota, breaker, disable) and counters
+    P:rpm:NAME         sorted set: one member per request of the last minute (score: time)
+    P:lease:NAME       sorted set: one member per request in flight (score: lease expiry)
+    P:cursor           the round-robin cursor shared by every replica
+    P:oauth:NAME       the freshest OAuth credentials (JSON) of a qwen-oauth account
+    P:oauth-lock:NAME  held by the one replica refreshing that account's token
+
+Keys are built inside the scripts from the prefix, so this layout needs a single Redis
+(or a primary with replicas), not Redis Cluster. Times are epoch seconds as decimal
+strings; Lua numbers returned to Redis would be cut to integers, so scripts return text.
+"""
+
+from __future__ import annotations
+
+
+def account_key(prefix: str, name: str) -> str:
+    return f"{prefix}:acct:{name}"
+
+
+def rpm_key(prefix: str, name: str) -> str:
+    return f"{prefix}:rpm:{name}"
+
+
+def lease_key(prefix: str, name: str) -> str:
+    return f"{prefix}:lease:{name}"
+
+
+def oauth_key(prefix: str, name: str) -> str:
+    return f"{prefix}:oauth:{name}"
+
+
+def oauth_lock_key(prefix: str, name: str) -> str:
+    return f"{prefix}:oauth-lock:{name}"
+
+
+# Take the first candidate that every replica's view allows, in one step: health
+# blocks, a concurrency lease, an rpm slot and the daily counter. Round robin rotates
+# the candidates by the shared cursor, so replicas take turns as one process would.
+# ARGV: prefix, now, lease id, lease expiry, rotate (1/0), rpm window,
+#       then per candidate: name, rpm, daily limit, max concurrent, quota day start.
+# Returns {chosen 1-based index or 0, then name, reason, value for each refusal}.
+ACQUIRE = """
+local p, now, lease, expiry = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local window = tonumber(ARGV[6])
+local n = (#ARGV - 6) / 5
+local start = 0
+if ARGV[5] == '1' then start = redis.call('INCR', p .. ':cursor') % n end
+local out = {0}
+for i = 0, n - 1 do
+  local j = (start + i) % n
+  local b = 7 + j * 5
+  local name = ARGV[b]
+  local rpm, daily, maxc = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local day_start = ARGV[b + 4]
+  local h, rk, lk = p .. ':acct:' .. name, p .. ':rpm:' .. name, p .. ':lease:' .. name
+  local f = redis.call('HMGET', h, 'disabled', 'quota_until', 'cooldown_until',
+    'breaker_open', 'breaker_until', 'day_start', 'day_requests')
+  local why, value = nil, ''
+  if f[1] then why, value = 'disabled', f[1]
+  elseif tonumber(f[2] or '0') > now then why, value = 'quota', f[2]
+  elseif tonumber(f[3] or '0') > now then why, value = 'rate', f[3]
+  elseif f[4] == '1' and tonumber(f[5] or '0') > now then why, value = 'breaker', f[5]
+  end
+  if not why then
+    redis.call('ZREMRANGEBYSCORE', lk, '-inf', now)
+    local busy = redis.call('ZCARD', lk)
+    if maxc > 0 and busy >= maxc then why, value = 'busy', tostring(busy) end
+  end
+  if not why and rpm > 0 then
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window)
+    if redis.call('ZCARD', rk) >= rpm then
+      local oldest = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')
+      why, value = 'rpm', tostring(tonumber(oldest[2]) + window)
+    end
+  end
+  local fresh_day = tonumber(f[6] or '0') < tonumber(day_start)
+  local today = tonumber(f[7] or '0')
+  if fresh_day then today = 0 end
+  if not why and daily > 0 and today >= daily then why, value = 'daily', tostring(today) end
+  if why then
+    table.insert(out, name)
+    table.insert(out, why)
+    table.insert(out, value)
+  else
+    if fresh_day then
+      redis.call('HSET', h, 'day_start', day_start, 'day_requests', 0, 'day_tokens', 0)
+    end
+    redis.call('HINCRBY', h, 'day_requests', 1)
+    redis.call('HINCRBY', h, 'requests', 1)
+    redis.call('ZADD', lk, expiry, lease)
+    if rpm > 0 then
+      redis.call('ZADD', rk, now, lease)
+      redis.call('EXPIRE', rk, math.ceil(window) + 1)
+    end
+    out[1] = j + 1
+    return out
+  end
+end
+return out
+"""
+
+# The head of REPORT and MERGE: the account's hash, and its quota day moved on to ARGV[3]
+# (``current`` stays on a later day another replica already started).
+_DAY = """
+local h = ARGV[1] .. ':acct:' .. ARGV[2]
+local day = tonumber(ARGV[3])
+local current = tonumber(redis.call('HGET', h, 'day_start') or '0')
+if current < day then
+  redis.call('HSET', h, 'day_start', ARGV[3], 'day_requests', 0, 'day_tokens', 0)
+  current = day
+end
+"""
+
+# What one replica learned about one account since its last report, merged so that no
+# report undoes another's: cooldown and quota times only grow, counters add up, the
+# breaker and the disable follow the latest report that changed them.
+# ARGV: prefix, name, day start, requests, day requests, errors, prompt, completion,
+#       last error, times (1/0), cooldown until, quota until, backoff,
+#       breaker (1/0), breaker open (1/0), breaker until,
+#       disable op (set/clear/''), reason, persist (1/0), credential fingerprint.
+REPORT = (
+    _DAY
+    + """
+local prompt, completion = tonumber(ARGV[7]), tonumber(ARGV[8])
+if current == day then
+  redis.call('HINCRBY', h, 'day_requests', ARGV[5])
+  redis.call('HINCRBY', h, 'day_tokens', prompt + completion)
+end
+redis.call('HINCRBY', h, 'requests', ARGV[4])
+redis.call('HINCRBY', h, 'errors', ARGV[6])
+redis.call('HINCRBY', h, 'prompt_tokens', prompt)
+redis.call('HINCRBY', h, 'completion_tokens', completion)
+if ARGV[9] ~= '' then redis.call('HSET', h, 'last_error', ARGV[9]) end
+if ARGV[10] == '1' then
+  for _, pair in ipairs({{'cooldown_until', ARGV[11]}, {'quota_until', ARGV[12]}}) do
+    if tonumber(redis.call('HGET', h, pair[1]) or '0') < tonumber(pair[2]) then
+      redis.call('HSET', h, pair[1], pair[2])
+    end
+  end
+  redis.call('HSET', h, 'backoff', ARGV[13])
+end
+if ARGV[14] == '1' then
+  redis.call('HSET', h, 'breaker_open', ARGV[15], 'breaker_until', ARGV[16])
+end
+if ARGV[17] == 'set' then
+  redis.call('HSET', h, 'disabled', ARGV[18], 'disabled_persist', ARGV[19],
+    'disabled_credential', ARGV[20])
+elseif ARGV[17] == 'clear' then
+  redis.call('HDEL', h, 'disabled', 'disabled_persist', 'disabled_credential')
+end
+return 1
+"""
+)
+
+# A snapshot (StateStore.save) merged in: every number only grows, so a replica's
+# periodic save re-seeds a Redis that lost its data and can never undo another
+# replica's newer update. Day counters count only for the same quota day.
+# ARGV: prefix, name, day start, then field, value pairs.
+MERGE = (
+    _DAY
+    + """
+local text = {disabled = 1, disabled_persist = 1, disabled_credential = 1, last_error = 1}
+for i = 4, #ARGV, 2 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  local current = redis.call('HGET', h, field)
+  if text[field] then
+    if not current then redis.call('HSET', h, field, value) end
+  elseif (field ~= 'day_requests' and field ~= 'day_tokens') or current == day then
+    if tonumber(current or '0') < tonumber(value) then redis.call('HSET', h, field, value) end
+  end
+end
+return 1
+"""
+)
+
+# Let go of the OAuth refresh lock only when this replica still holds it.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
