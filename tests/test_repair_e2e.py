@@ -284,6 +284,20 @@ async def test_end_before_finish_reason_is_a_truncation_error(
     assert "truncated" in exc.message
 
 
+@pytest.mark.parametrize("ending", ["reset", "hang"])
+async def test_a_cut_after_the_finish_reason_ends_the_answer_cleanly(
+    upstream: Upstream, seamline: StartSeamline, ending: str
+) -> None:
+    # The answer is whole once a finish_reason came; losing only [DONE] to a reset or a
+    # silent upstream is no truncation, so the client gets [DONE], not an error.
+    base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
+    upstream.script(ev(chunk("whole")), ev(FIN), ending=ending)
+    status, _, body = await raw_post(base)
+    assert status == 200
+    assert body == ev(chunk("whole")) + ev(FIN) + DONE
+    assert text_of(await collect(base)) == "whole"
+
+
 async def test_nothing_after_done_is_forwarded(upstream: Upstream, proxied: str) -> None:
     upstream.script(
         ev(chunk("a")),
