@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -71,8 +72,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_route("POST", "/v1/{tail:.+}", proxy)
     app.router.add_route("GET", "/v1/{tail:.+}", proxy)
-    app.router.add_route("GET", "/healthz", healthz)
-    app.router.add_route("GET", "/readyz", readyz)
+    # HEAD too: load balancers' health checks often use it.
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_route("GET", "/metrics", metrics)
     app.router.add_route("GET", "/admin/accounts", admin_accounts)
     return app
@@ -96,9 +98,12 @@ async def start(config: Config, host: str | None = None, port: int | None = None
     return runner
 
 
-async def drain(runner: web.AppRunner, deadline: float | None = None) -> None:
-    """Stop accepting, let requests in flight finish within ``server.drain_s``, end the
-    streams still open then with an error event, and shut down."""
+async def drain(
+    runner: web.AppRunner, deadline: float | None = None, hurry: asyncio.Event | None = None
+) -> None:
+    """Stop accepting, let requests in flight finish within ``server.drain_s`` (or until
+    ``hurry`` is set: a second signal), end the streams still open then with an error
+    event, and shut down."""
     app = runner.app
     assert isinstance(app, web.Application)
     gate = app[GATE]
@@ -108,7 +113,14 @@ async def drain(runner: web.AppRunner, deadline: float | None = None) -> None:
         await site.stop()
     limit = rt.router.config.server.drain_s if deadline is None else deadline
     log.info("draining", in_flight=gate.in_flight, streams=len(rt.streams), deadline_s=limit)
-    await gate.wait_idle(limit)
+    waiting = asyncio.ensure_future(gate.wait_idle(limit))
+    hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
+    await asyncio.wait(
+        [f for f in (waiting, hurried) if f is not None], return_when="FIRST_COMPLETED"
+    )
+    for f in (waiting, hurried):
+        if f is not None:
+            f.cancel()
     if rt.streams:
         log.warning("drain_deadline_passed", streams=len(rt.streams))
         for resp in list(rt.streams):

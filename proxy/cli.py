@@ -93,7 +93,12 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
         log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
     try:
         await stop.wait()
-        await drain(runner)
+        # A second SIGTERM/SIGINT cuts the drain short: the streams still open get their
+        # error event now instead of at the deadline.
+        hurry = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, hurry.set)
+        await drain(runner, hurry=hurry)
     finally:
         await runner.cleanup()
 

@@ -232,6 +232,16 @@ async def test_healthz_answers_200_without_any_key(
     assert reply.headers["X-Request-ID"]
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_checks_answer_head_too(
+    upstream: Upstream, seamline: StartSeamline, path: str
+) -> None:
+    base = await seamline(conf(account("a", upstream.url), api_keys=["client-key-1"]))
+    reply = await fetch("HEAD", root(base) + path)
+    assert reply.status == 200
+    assert reply.body == b""
+
+
 async def test_readyz_is_200_while_an_account_is_available(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
@@ -1125,6 +1135,29 @@ async def test_sigterm_ends_a_stream_longer_than_drain_s_with_an_error_event(
     assert 0.4 < ended < 3
     assert await server.exit_code() == 0
     assert [e["streams"] for e in server.events("drain_deadline_passed")] == [1]
+    assert "Traceback" not in server.stderr
+
+
+async def test_a_second_sigterm_ends_the_drain_at_once(
+    upstream: Upstream, serve: StartServe, tmp_path: Path
+) -> None:
+    text = conf(account("a", upstream.url), drain_s=30)
+    server = await serve(write_config(tmp_path / "s.toml", text))
+    upstream.script(b"data: " + chunk("still thinking") + b"\n\n", ending="hang")
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as s,
+        s.post(server.base + "/chat/completions", data=request_body()) as resp,
+    ):
+        await resp.content.readuntil(b"\n\n")
+        server.signal(signal.SIGTERM)
+        await server.event("draining")
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        rest = await resp.read()
+        ended = time.monotonic() - started
+    assert json.loads(rest.removeprefix(b"data: "))["error"]["code"] == "server_shutting_down"
+    assert ended < 3, "the second signal did not cut the 30 s drain short"
+    assert await server.exit_code() == 0
     assert "Traceback" not in server.stderr
 
 
