@@ -59,6 +59,10 @@ def _load_or_exit(path: str) -> Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+# Files besides the streams' sockets: listeners, logs, the state database, Redis.
+_SPARE_FILES = 64
+
+
 def raise_open_file_limit() -> int:
     """Raise the soft open-file limit to the hard one; each stream holds two sockets."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -128,7 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(login(config, args.name))
     configure()
     config = _load_or_exit(args.config)
-    raise_open_file_limit()
+    files = raise_open_file_limit()
+    need = 2 * config.server.max_concurrent + _SPARE_FILES
+    if config.server.max_concurrent and files < need:
+        get_logger("seamline").warning(
+            "open_file_limit_low",
+            limit=files,
+            needed=need,
+            detail="each stream holds two sockets: raise the hard limit (ulimit -Hn) "
+            "or lower server.max_concurrent",
+        )
     try:
         _run(_serve(config, args.host, args.port))
     except OSError as exc:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -167,7 +168,7 @@ async def relay_stream(
     resp = web.StreamResponse(status=upstream.status, headers=headers)
     resp.enable_chunked_encoding()
     client = ClientStream(request, resp, outcome, heartbeat, log)
-    _fail_body_on_close(upstream)
+    forget = _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
     loop = asyncio.get_running_loop()
@@ -224,7 +225,10 @@ async def relay_stream(
         outcome.client_gone = True
     finally:
         watch.cancel()
+        forget()
         await client.close()
+        # A body read to its end has already gone back to aiohttp's pool; this closes a
+        # connection with anything of it left unread, which no other request may reuse.
         upstream.close()
         outcome.events = shaper.events
         if shaper.repairs:
@@ -278,16 +282,17 @@ def watch_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
+def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> Callable[[], None]:
     """Make a read fail, not hang, when the upstream connection dies mid-body.
 
     After a chunked-encoding error aiohttp closes the connection but leaves the body
-    reader waiting, with no read timeout left to end the wait.
+    reader waiting, with no read timeout left to end the wait. Returns what undoes it,
+    to call before the connection goes back to the pool for another request.
     """
     conn = upstream.connection
     closed = conn.protocol.closed if conn is not None and conn.protocol is not None else None
     if closed is None:
-        return
+        return _nothing
     content = upstream.content
 
     def on_closed(fut: asyncio.Future[None]) -> None:
@@ -297,6 +302,15 @@ def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> None:
             content.set_exception(aiohttp.ClientPayloadError("upstream connection lost mid-body"))
 
     closed.add_done_callback(on_closed)
+
+    def forget() -> None:
+        closed.remove_done_callback(on_closed)
+
+    return forget
+
+
+def _nothing() -> None:
+    return None
 
 
 async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Timeouts) -> bytes:
@@ -337,7 +351,7 @@ async def collect_stream(
     agg = Aggregator()
     reframer = Reframer(max_event_bytes)
     size = 0
-    _fail_body_on_close(upstream)
+    forget = _fail_body_on_close(upstream)
     watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in upstream.content.iter_any():
@@ -357,6 +371,7 @@ async def collect_stream(
         return agg, error_json(err.message, code=err.code)
     finally:
         watch.cancel()
+        forget()
         upstream.close()
     return agg, shaper.error_payload
 

@@ -443,3 +443,24 @@ def test_serve_on_a_port_in_use_exits_1_without_traceback(
     assert "seamline: cannot listen: " in server.stderr
     assert "seamline listening on" not in server.stderr
     assert "Traceback" not in server.stderr
+
+
+@pytest.mark.parametrize(("max_concurrent", "warned"), [(1000, True), (100, False)])
+def test_serve_raises_its_open_file_limit_and_warns_when_it_is_too_low(
+    tmp_path: Path,
+    start_server: Callable[[list[str]], Server],
+    max_concurrent: int,
+    warned: bool,
+) -> None:
+    # Soft 256, hard 512: seamline raises the soft limit to 512, which holds 100 streams
+    # (two sockets each) but not 1000.
+    config = write(tmp_path, f"[server]\nport = 0\nmax_concurrent = {max_concurrent}\n" + ACCOUNT)
+    limited = ["bash", "-c", 'ulimit -Sn 256 && ulimit -Hn 512 && exec "$@"', "bash"]
+    server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
+    server.wait_for_line("seamline listening on ")
+    assert server.stop() == 0
+    low = [e for e in server.log_events() if e.get("event") == "open_file_limit_low"]
+    if warned:
+        assert [(e["limit"], e["needed"]) for e in low] == [(512, 2 * 1000 + 64)]
+    else:
+        assert low == []

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from conftest import (
     StartSeamline,
@@ -404,3 +405,34 @@ async def test_bad_chunked_encoding_ends_stream_with_error_event(
     assert body.startswith(first)
     tail = json.loads(body[len(first) :].removeprefix(b"data: "))
     assert tail["error"]["type"] == "upstream_error"
+
+
+@pytest.mark.parametrize("ending", ["done", "no_done"])
+async def test_a_finished_stream_gives_its_upstream_connection_back_for_the_next_request(
+    aiohttp_server: Any, seamline: StartSeamline, ending: str
+) -> None:
+    # Each stream read to its end leaves the connection in aiohttp's pool: the next
+    # request does not pay for a new connect.
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: " + chunk("hi") + b"\n\n")
+        tail = b"data: " + chunk(finish="stop") + b"\n\n"
+        await resp.write(tail + b"data: [DONE]\n\n" if ending == "done" else tail)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    server = await aiohttp_server(app)
+    base = await seamline(config_text(("acc1", str(server.make_url("/v1")))))
+    for _ in range(3):
+        assert text_of(await collect(base)) == "hi"
+        await asyncio.sleep(0.05)  # the end of the body may trail [DONE] by a read
+    assert len(peers) == 3
+    assert len(set(peers)) == 1, peers
