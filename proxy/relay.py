@@ -68,8 +68,11 @@ class ClientStream:
         outcome: Outcome,
         heartbeat: float,
         log: Any,
+        *,
+        chunked: bool = True,
     ) -> None:
         self.request = request
+        self.chunked = chunked
         self.resp = resp
         self.outcome = outcome
         self.log = log
@@ -97,7 +100,7 @@ class ClientStream:
             # uses (compression, length clipping, body-write signals).
             if transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
             if transport.get_write_buffer_size() > _HIGH_WATER:
                 self.writing = True
                 try:
@@ -166,8 +169,12 @@ async def relay_stream(
     """
     headers.update(SSE_HEADERS)
     resp = web.StreamResponse(status=upstream.status, headers=headers)
-    resp.enable_chunked_encoding()
-    client = ClientStream(request, resp, outcome, heartbeat, log)
+    # HTTP/1.0 has no chunked encoding (nginx speaks it to its upstreams by default): the
+    # body then goes out as it is and the closed connection ends it.
+    chunked = request.version >= aiohttp.HttpVersion11
+    if chunked:
+        resp.enable_chunked_encoding()
+    client = ClientStream(request, resp, outcome, heartbeat, log, chunked=chunked)
     forget = _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None

@@ -47,6 +47,11 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "openai-project",
     "x-forwarded-for",
     "forwarded",
+    # seamline already holds the whole body: asking the upstream for "100 Continue"
+    # could only stall the request.
+    "expect",
+    # aiohttp inflated the client's body; it goes upstream as it is now.
+    "content-encoding",
 }
 _DROP_RESPONSE = HOP_BY_HOP | {
     "content-length",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import signal
@@ -869,6 +870,53 @@ async def test_path_and_query_go_upstream_as_the_client_encoded_them(
     reply = await raw_request(root(base), b"GET " + target)
     assert reply.status == 200
     assert upstream.requests[0]["path"] == target.decode()
+
+
+async def test_expect_100_continue_is_answered_here_and_not_forwarded(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    # seamline holds the whole body before it goes upstream: an upstream asked to send
+    # "100 Continue" first (some never do) would only stall the request.
+    base = await seamline(conf(account("a", upstream.url)))
+    upstream.script(*sse_stream("ok"))
+    body = request_body(stream_options={"include_usage": True})  # goes as it is
+    host, port = root(base).removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nConnection: close\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    writer.write(head)
+    async with asyncio.timeout(10):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 Continue")
+        writer.write(body)
+        reply = parse_answer(await reader.read())
+    writer.close()
+    assert reply.status == 200
+    assert reply.body == b"".join(sse_stream("ok"))
+    sent = {k.lower() for k in upstream.requests[0]["headers"]}
+    assert "expect" not in sent
+    assert upstream.requests[0]["body"] == body
+
+
+async def test_a_gzipped_request_body_goes_upstream_inflated_without_its_encoding(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    base = await seamline(conf(account("a", upstream.url)))
+    upstream.script(*sse_stream("ok"))
+    body = request_body(stream_options={"include_usage": True})  # goes as it is
+    reply = await raw_request(
+        root(base),
+        b"POST /v1/chat/completions",
+        gzip.compress(body),
+        b"Content-Encoding: gzip",
+        b"Content-Type: application/json",
+    )
+    assert reply.status == 200
+    assert reply.body == b"".join(sse_stream("ok"))
+    sent = {k.lower() for k in upstream.requests[0]["headers"]}
+    assert "content-encoding" not in sent
+    assert upstream.requests[0]["body"] == body
 
 
 # -- 7. secrets that others may read -------------------------------------------------------

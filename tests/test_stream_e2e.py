@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import yarl
 from aiohttp import web
 
 from conftest import (
@@ -436,3 +437,33 @@ async def test_a_finished_stream_gives_its_upstream_connection_back_for_the_next
         await asyncio.sleep(0.05)  # the end of the body may trail [DONE] by a read
     assert len(peers) == 3
     assert len(set(peers)) == 1, peers
+
+
+async def _http10_post(base: str, body: bytes) -> bytes:
+    """The whole answer to an HTTP/1.0 POST (as nginx sends by default), read to close."""
+    url = yarl.URL(base)
+    assert url.host is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"POST %b/chat/completions HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (url.path.encode(), len(body), body)
+    )
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return raw
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_http_10_client_gets_the_answer_unchunked_ended_by_close(
+    upstream: Upstream, proxied: str, stream: bool
+) -> None:
+    upstream.script(*sse_stream("one", "two"))
+    body = json.dumps({**BODY, "stream": stream}).encode()
+    raw = await _http10_post(proxied, body)
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200"), head
+    assert b"transfer-encoding" not in head.lower()
+    if stream:
+        assert payload == b"".join(sse_stream("one", "two"))
+    else:
+        assert json.loads(payload)["choices"][0]["message"]["content"] == "onetwo"
