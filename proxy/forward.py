@@ -17,7 +17,7 @@ from .convert import completion_to_sse
 from .errors import BodyTooLarge, InvalidJSON, MissingModel, UpstreamError
 from .logs import get_logger, redactor
 from .outcome import Outcome
-from .relay import SSE_HEADERS, collect_stream, read_body, relay_stream
+from .relay import SSE_HEADERS, EarlyError, collect_stream, read_body, relay_stream
 from .repair import OpenAIShaper, error_status, normalize_error, usage_from, usage_of
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .upstream import response_headers
@@ -94,6 +94,19 @@ def plan_request(route: str, req: ClientRequest, upstream_model: str | None) -> 
     return Plan(Bodies(_rewrite(req.body, obj, base), req.body, forced), False, False)
 
 
+@dataclass(slots=True)
+class Retry:
+    """What another account needs to take the request after one failed it before the
+    first byte: the bodies are dropped once an answer is under way."""
+
+    model: str | None
+    tried: list[str]
+    bodies: Bodies | None
+
+    def started(self) -> None:
+        self.bodies = None
+
+
 @dataclass(frozen=True, slots=True)
 class Wants:
     """What the client's answer must look like, once the request has gone upstream."""
@@ -138,16 +151,34 @@ async def forward(
         model,
         outcome,
     )
-    if isinstance(answer, FailedAnswer):
-        return _failed(answer, outcome)
     wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
-    # A stream can live for minutes: keep nothing of the request body alive meanwhile.
+    retry = Retry(model, [], plan.bodies)
+    # A stream can live for minutes: keep nothing of the request body alive meanwhile
+    # (``retry`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
-    streams.add(answer.response)
-    try:
-        return await _relay(request, router, answer, outcome, tail, wants, trace)
-    finally:
-        streams.discard(answer.response)
+    while True:
+        if isinstance(answer, FailedAnswer):
+            return _failed(answer, outcome)
+        retry.tried.append(answer.account.name)
+        streams.add(answer.response)
+        try:
+            result = await _relay(request, router, answer, outcome, tail, wants, trace, retry)
+        finally:
+            streams.discard(answer.response)
+        if result is not None:
+            return result
+        assert retry.bodies is not None
+        answer = await router.open(
+            session,
+            request.method,
+            url.raw_path.removeprefix("/v1/"),
+            url.raw_query_string,
+            request.headers,
+            retry.bodies,
+            model,
+            outcome,
+            exclude=retry.tried,
+        )
 
 
 async def _read_request(request: web.Request, limit: int) -> bytes:
@@ -182,68 +213,102 @@ async def _relay(
     tail: str,
     wants: Wants,
     trace: bool,
-) -> web.StreamResponse:
+    retry: Retry,
+) -> web.StreamResponse | None:
+    """The client's answer from this upstream response; None when it failed before
+    anything reached the client and another account should take the request."""
+    usage: tuple[int, int] | None = None
+    early: tuple[int, bytes] | None = None
+    try:
+        result, usage, early = await _answer(
+            request, router, answer, outcome, tail, wants, trace, retry.started
+        )
+    finally:
+        if early is None:
+            broken = outcome.error if not outcome.client_gone else None
+            router.finish(answer, outcome, usage, broken)
+    if early is None:
+        return result
+    failover = router.early_error(answer, early[0], early[1], outcome)
+    if failover and router.may_retry(retry.model, retry.tried):
+        outcome.error = None
+        return None
+    return result
+
+
+async def _answer(
+    request: web.Request,
+    router: Router,
+    answer: UpstreamAnswer,
+    outcome: Outcome,
+    tail: str,
+    wants: Wants,
+    trace: bool,
+    started: Callable[[], None],
+) -> tuple[web.StreamResponse, tuple[int, int] | None, tuple[int, bytes] | None]:
+    """The response, the usage it carried, and (status, error) when the upstream failed
+    before anything reached the client."""
     config = router.config
     resp = answer.response
     timeouts = config.timeouts_for(answer.account)
     limit = config.server.max_event_bytes * 8
     headers = response_headers(resp.headers)
     headers["X-Request-ID"] = outcome.request_id
-    usage: tuple[int, int] | None = None
     completions = tail in COMPLETION_ROUTES
     tracer = log.bind(request_id=outcome.request_id) if trace else None
-    try:
-        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
-            if completions and not wants.stream:
-                # A stream for a client that asked for one JSON answer.
-                collector = OpenAIShaper(trace=_tracer(tracer))
-                agg, error = await collect_stream(
-                    resp, timeouts, config.server.max_event_bytes, limit, collector
-                )
-                outcome.repairs.update(collector.repairs)
-                usage = usage_from(agg.usage)
-                if error is not None:
-                    outcome.error = _error_message(error)
-                    return _json(outcome, headers, error_status(error), error)
-                if tracer is not None:
-                    tracer.debug("repair", kind="stream_aggregated")
-                outcome.repairs["stream_aggregated"] = 1
-                return _json(outcome, headers, resp.status, _dumps(agg.result()))
-            outcome.stream = True
-            shaper = OpenAIShaper(
-                keep_event_names=not completions,
-                check_endings=completions,
-                strip_usage=wants.strip_usage,
-                trace=_tracer(tracer),
+    if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+        if completions and not wants.stream:
+            # A stream for a client that asked for one JSON answer.
+            collector = OpenAIShaper(trace=_tracer(tracer))
+            agg, error = await collect_stream(
+                resp, timeouts, config.server.max_event_bytes, limit, collector
             )
-            try:
-                return await relay_stream(
-                    request,
-                    resp,
-                    headers,
-                    shaper,
-                    outcome,
-                    timeouts=timeouts,
-                    max_event_bytes=config.server.max_event_bytes,
-                    heartbeat=config.server.heartbeat_s,
-                    log=tracer,
-                )
-            finally:
-                usage = shaper.usage
-                if shaper.errored and outcome.error is None:
-                    outcome.error = _error_message(shaper.error_payload)
+            outcome.repairs.update(collector.repairs)
+            usage = usage_from(agg.usage)
+            if error is not None:
+                # Nothing of it reached the client: another account may still answer.
+                outcome.error = _error_message(error)
+                status = error_status(error)
+                return _json(outcome, headers, status, error), usage, (status, error)
+            if tracer is not None:
+                tracer.debug("repair", kind="stream_aggregated")
+            outcome.repairs["stream_aggregated"] = 1
+            return _json(outcome, headers, resp.status, _dumps(agg.result())), usage, None
+        outcome.stream = True
+        shaper = OpenAIShaper(
+            keep_event_names=not completions,
+            check_endings=completions,
+            strip_usage=wants.strip_usage,
+            trace=_tracer(tracer),
+        )
         try:
-            data = await read_body(resp, limit, timeouts)
-        except UpstreamError as exc:
-            outcome.error = exc.message
-            raise
-        usage = usage_of(data)
-        if completions and wants.stream and resp.status < 400:
-            return _json_to_stream(outcome, headers, resp.status, data, wants, tracer)
-        return _json(outcome, headers, resp.status, data)
-    finally:
-        broken = outcome.error if not outcome.client_gone else None
-        router.finish(answer, outcome, usage, broken)
+            streamed = await relay_stream(
+                request,
+                resp,
+                headers,
+                shaper,
+                outcome,
+                timeouts=timeouts,
+                max_event_bytes=config.server.max_event_bytes,
+                heartbeat=config.server.heartbeat_s,
+                log=tracer,
+                on_start=started,
+            )
+        finally:
+            if shaper.errored and outcome.error is None:
+                outcome.error = _error_message(shaper.error_payload)
+        if isinstance(streamed, EarlyError):
+            return streamed, shaper.usage, (streamed.status, streamed.payload)
+        return streamed, shaper.usage, None
+    try:
+        data = await read_body(resp, limit, timeouts)
+    except UpstreamError as exc:
+        outcome.error = exc.message
+        raise
+    usage = usage_of(data)
+    if completions and wants.stream and resp.status < 400:
+        return _json_to_stream(outcome, headers, resp.status, data, wants, tracer), usage, None
+    return _json(outcome, headers, resp.status, data), usage, None
 
 
 def _json_to_stream(

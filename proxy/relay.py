@@ -70,9 +70,11 @@ class ClientStream:
         log: Any,
         *,
         chunked: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         self.request = request
         self.chunked = chunked
+        self._on_start = on_start
         self.resp = resp
         self.outcome = outcome
         self.log = log
@@ -116,6 +118,9 @@ class ClientStream:
                     self.prepared = True
             if outcome.first_byte is None:
                 outcome.first_byte = time.monotonic()
+            if self._on_start is not None:
+                self._on_start()
+                self._on_start = None
             # The first write goes through aiohttp: it sends the headers with it.
             await self.resp.write(data)
             self._transport = self.request.transport
@@ -161,11 +166,13 @@ async def relay_stream(
     max_event_bytes: int,
     heartbeat: float = 0.0,
     log: Any = None,
+    on_start: Callable[[], None] | None = None,
 ) -> web.StreamResponse:
     """Relay an upstream event stream to the client, repairing it on the way.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
-    per-read logging work at all.
+    per-read logging work at all. ``on_start`` is called once, when the first byte
+    goes to the client: from then on the request cannot go to another account.
     """
     headers.update(SSE_HEADERS)
     resp = web.StreamResponse(status=upstream.status, headers=headers)
@@ -174,7 +181,9 @@ async def relay_stream(
     chunked = request.version >= aiohttp.HttpVersion11
     if chunked:
         resp.enable_chunked_encoding()
-    client = ClientStream(request, resp, outcome, heartbeat, log, chunked=chunked)
+    client = ClientStream(
+        request, resp, outcome, heartbeat, log, chunked=chunked, on_start=on_start
+    )
     forget = _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
@@ -259,12 +268,22 @@ def _only_error(shaper: OpenAIShaper) -> bool:
     return shaper.errored and shaper.events == 0
 
 
+class EarlyError(web.Response):
+    """The answer to a stream that failed before anything reached the client: its first
+    event was an error, or it broke before any event. The request may still go to
+    another account; ``payload`` is the error object."""
+
+    def __init__(self, status: int, payload: bytes, headers: CIMultiDict[str]) -> None:
+        super().__init__(status=status, body=payload, headers=headers)
+        self.payload = payload
+
+
 def _status_error(
     shaper: OpenAIShaper,
     failure: SeamlineError | None,
     outcome: Outcome,
     headers: CIMultiDict[str],
-) -> web.Response:
+) -> EarlyError:
     payload = shaper.error_payload
     status = 502
     if payload is None and failure is not None:
@@ -282,7 +301,7 @@ def _status_error(
         if k.lower() not in ("cache-control", "x-accel-buffering")
     )
     out_headers["Content-Type"] = "application/json"
-    return web.Response(status=status, body=payload, headers=out_headers)
+    return EarlyError(status, payload, out_headers)
 
 
 def watch_time() -> float:

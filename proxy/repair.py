@@ -81,6 +81,15 @@ def error_status(payload: bytes) -> int:
     return 502
 
 
+def _is_error(payload: bytes) -> bool:
+    """A JSON object with a non-empty top-level ``error``, as the SDKs see it."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and bool(obj.get("error"))
+
+
 def bare_error(line: bytes) -> bytes | None:
     """The error object in a stray non-SSE line (``{"error": ...}``), else None."""
     if not line.startswith(b"{"):
@@ -333,6 +342,10 @@ class OpenAIShaper:
             if parts is not None:
                 self._repair("glued_events_split")
                 return b"".join([self._event(Event(part, name)) for part in parts])
+        if b'"error"' in data and _is_error(stripped):
+            # The SDKs raise on it as an API error: it is the upstream's error, which
+            # before the first byte can still be an HTTP status (or another account).
+            return self._error(normalize_error(stripped))
         if not looks_like_json(stripped):
             # Forwarded unchanged (nothing is lost) but counted, so operators can see
             # which upstream sends it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -126,16 +126,18 @@ class Router:
         bodies: Bodies,
         model: str | None,
         outcome: Outcome,
+        exclude: Sequence[str] = (),
     ) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
         An upstream that rejects a body seamline changed (``stream_options``) with a
-        400 is asked once more with the client's original.
+        400 is asked once more with the client's original. ``exclude``: accounts this
+        request already tried; they count against ``routing.max_attempts``.
         """
         self._pick_up_new_logins()
         pool = self.pool
         accounts = self.accounts
-        tried: list[str] = []
+        tried: list[str] = list(exclude)
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         last_failure: FailedAnswer | None = None
         last_error: SeamlineError | None = None
@@ -258,28 +260,64 @@ class Router:
                 body = original
                 continue
             out_headers = up.response_headers(resp.headers)
-            if verdict not in FAILOVER:
-                return FailedAnswer(resp.status, out_headers, err_body)
-            reason = f"{resp.status} {verdict.value}"
-            retry_after = parse_retry_after(resp.headers.get("Retry-After"), now)
-            if verdict is Verdict.QUOTA:
-                pool.quota_exhausted(st, now, retry_after)
-            elif verdict is Verdict.RATE:
-                pool.rate_limited(st, now, retry_after)
-            elif verdict is Verdict.AUTH:
-                self._disable(
-                    st,
-                    f"upstream answered {resp.status}: credentials rejected",
-                    persist=False,
-                    outcome=outcome,
-                )
-                return FailedOver(None)
-            else:
-                pool.failed(st, now, reason)
-                _note(outcome, acc, reason)
-                return FailedOver(FailedAnswer(resp.status, out_headers, err_body))
-            _note(outcome, acc, reason)
+            return self._judge(
+                acc, st, verdict, FailedAnswer(resp.status, out_headers, err_body), outcome
+            )
+
+    def _judge(
+        self,
+        acc: AccountConfig,
+        st: AccountState,
+        verdict: Verdict,
+        answer: FailedAnswer,
+        outcome: Outcome,
+    ) -> FailedAnswer | FailedOver:
+        """What an upstream's error answer means: the client's own error to return, or
+        a failure of the account (the pool told) to move on from."""
+        if verdict not in FAILOVER:
+            return answer
+        pool = self.pool
+        now = time.time()
+        reason = f"{answer.status} {verdict.value}"
+        retry_after = parse_retry_after(answer.headers.get("Retry-After"), now)
+        if verdict is Verdict.QUOTA:
+            pool.quota_exhausted(st, now, retry_after)
+        elif verdict is Verdict.RATE:
+            pool.rate_limited(st, now, retry_after)
+        elif verdict is Verdict.AUTH:
+            self._disable(
+                st,
+                f"upstream answered {answer.status}: credentials rejected",
+                persist=False,
+                outcome=outcome,
+            )
             return FailedOver(None)
+        else:
+            pool.failed(st, now, reason)
+            _note(outcome, acc, reason)
+            return FailedOver(answer)
+        _note(outcome, acc, reason)
+        return FailedOver(None)
+
+    def early_error(
+        self, answer: UpstreamAnswer, status: int, payload: bytes, outcome: Outcome
+    ) -> bool:
+        """A 2xx stream whose first event was an error (or that broke before any event),
+        with nothing sent to the client yet: judge it as if the upstream had answered
+        ``status``, and release the account. True when it is the account's failure, so
+        another account may take the request."""
+        self.pool.release(answer.state)
+        verdict = classify(status, payload)
+        failed = FailedAnswer(status, CIMultiDict(), payload)
+        return isinstance(
+            self._judge(answer.account, answer.state, verdict, failed, outcome), FailedOver
+        )
+
+    def may_retry(self, model: str | None, tried: Sequence[str]) -> bool:
+        """Another account may still take this request (a local look; it acquires nothing)."""
+        pool = self.pool
+        limit = self.config.routing.max_attempts or len(pool.serving(model))
+        return len(tried) < limit and bool(pool.candidates(model, time.time(), exclude=tried))
 
     def _pick_up_new_logins(self) -> None:
         """Put an OAuth account whose refresh was rejected back once its user logs in again.

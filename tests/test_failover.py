@@ -338,6 +338,62 @@ async def test_client_errors_go_back_unchanged_and_the_second_account_is_never_c
     assert rows["A"]["errors"] == 0
 
 
+# A 200 stream that fails before any event reached the client: nothing was sent, so it is
+# the account's failure like an error status, and the next account answers.
+EARLY_FAILURES = {
+    "error_event_429": ([b'data: {"error":{"code":429,"message":"rate limited"}}\n\n'], "end"),
+    "error_event_500": ([b'data: {"error":{"code":"500","message":"overloaded"}}\n\n'], "end"),
+    "event_error_block": ([b'event: error\ndata: {"message":"provider down"}\n\n'], "end"),
+    "bare_error_line": ([b'{"error":{"message":"upstream overloaded","code":503}}\n'], "end"),
+    "reset_before_any_event": ([], "reset"),
+}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("failure", list(EARLY_FAILURES))
+async def test_a_stream_failing_before_its_first_event_fails_over(
+    make_upstream: MakeUpstream, seamline: StartSeamline, failure: str, stream: bool
+) -> None:
+    a, b = await make_upstream(), await make_upstream()
+    pieces, ending = EARLY_FAILURES[failure]
+    a.script(*pieces, ending=ending)
+    ok(b, "from B", True)  # B streams; a JSON client gets it aggregated
+    base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
+    assert await ask(base, stream) == "from B"
+    assert counts(a, b) == [1, 1]
+    assert a.requests[0]["body"] == b.requests[0]["body"]
+    row = (await accounts(base))["A"]
+    if failure == "error_event_429":
+        assert row["state"] == "rate_limited"
+    else:
+        assert row["errors"] == 1
+
+
+async def test_an_error_event_naming_a_client_error_is_not_failed_over(
+    make_upstream: MakeUpstream, seamline: StartSeamline
+) -> None:
+    a, b = await make_upstream(), await make_upstream()
+    a.script(b'data: {"error":{"code":400,"message":"bad tool schema"}}\n\n')
+    ok(b, "from B", True)
+    base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
+    reply = await post(base, request_body(stream=True))
+    assert reply.status == 400
+    assert reply.json()["error"]["message"] == "bad tool schema"
+    assert b.requests == []
+
+
+async def test_the_last_account_failing_early_gives_its_own_error(
+    make_upstream: MakeUpstream, seamline: StartSeamline
+) -> None:
+    a = await make_upstream()
+    a.script(b'data: {"error":{"code":503,"message":"overloaded, try later"}}\n\n')
+    base = await seamline(conf(account("A", a.url)))
+    reply = await post(base, request_body(stream=True))
+    assert reply.status == 503
+    assert reply.json()["error"]["message"] == "overloaded, try later"
+    assert len(a.requests) == 1
+
+
 # -- 2. no retry once a byte went out -----------------------------------------------------
 
 
