@@ -19,7 +19,7 @@ from .oauth import (
     device_login,
 )
 from .routing import make_pool
-from .state import StateError, read_states
+from .state import StateError, States, read_states
 
 _COLUMNS = (
     ("name", "ACCOUNT"),
@@ -36,7 +36,10 @@ def status_rows(config: Config, now: float) -> list[dict[str, Any]]:
     """Per-account state from the persisted store, as the admin endpoint shows it."""
     pool = make_pool(config)
     try:
-        saved = read_states(config.state_path)
+        if config.state.backend == "redis":
+            saved = asyncio.run(_redis_states(config))
+        else:
+            saved = read_states(config.state_path)
     except StateError as exc:
         print(f"seamline: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -54,6 +57,23 @@ def status_rows(config: Config, now: float) -> list[dict[str, Any]]:
         if row["disabled"]:
             row["last_error"] = row["disabled"]
     return rows
+
+
+async def _redis_states(config: Config) -> States:
+    """The shared state the replicas keep in Redis."""
+    from .redis_link import RedisLink, safe_url  # late: only the redis backend needs it
+    from .redis_store import RedisStore
+
+    state = config.state
+    # A command line can wait longer than a request: a second, not timeout_s.
+    link = RedisLink(state.url, max(state.timeout_s, 1.0))
+    try:
+        await link.start()
+        if not link.connected:
+            raise StateError(f"{safe_url(state.url)}: redis is unreachable ({link.last_error})")
+        return await RedisStore(link, state.prefix).load()
+    finally:
+        await link.close()
 
 
 def print_status(config: Config, out: TextIO = sys.stdout, now: float | None = None) -> None:

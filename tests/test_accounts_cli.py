@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from replicas import RedisServer, redis_server
 
 from proxy import config as cfg
 from proxy.accounts_cli import login
+from proxy.redis_link import RedisLink
+from proxy.redis_store import RedisStore
 from proxy.state import SQLiteStore
+
+__all__ = ["redis_server"]  # a fixture, imported to be found by pytest
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
@@ -188,3 +193,48 @@ async def test_a_corrupt_state_file_is_moved_aside_and_seamline_starts(tmp_path:
     saved = await store.load()
     await store.close()
     assert saved["alpha"]["quota_until"] > time.time()
+
+
+async def _status(path: Path) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "accounts",
+        "status",
+        "--config",
+        str(path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_status_reads_the_shared_state_from_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    path = _config(tmp_path)
+    text = path.read_text().replace(
+        f'path = "{tmp_path / "state.db"}"', f'backend = "redis"\nurl = "{redis_server.url}"'
+    )
+    path.write_text(text)
+    link = RedisLink(redis_server.url, 1.0)
+    await link.start()
+    now = time.time()
+    await RedisStore(link, "seamline").save(
+        {"alpha": {"quota_until": now + 3600, "day_start": 0, "last_error": "quota exhausted"}}
+    )
+    await link.close()
+    code, out, err = await _status(path)
+    assert code == 0, err
+    alpha = next(ln for ln in out.splitlines() if ln.startswith("alpha"))
+    beta = next(ln for ln in out.splitlines() if ln.startswith("beta"))
+    assert "quota_exhausted" in alpha
+    assert "available" in beta
+    redis_server.kill()
+    code, out, err = await _status(path)
+    assert code == 2
+    assert err.startswith("seamline: redis://127.0.0.1:") and "unreachable" in err
+    assert "Traceback" not in err
