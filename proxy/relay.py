@@ -215,14 +215,11 @@ async def relay_stream(
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
         except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
-            # Whatever the reframer holds is an event the upstream never finished.
-            if shaper.check_endings and shaper.finished and not shaper.errored:
-                # The answer was complete (a finish_reason came); only [DONE] or the
-                # usage chunk was lost with the connection: end it as a clean end.
-                out = shaper.finish()
-            else:
-                failure = _mid_stream_error(exc, timeouts, shaper)
-                out = b""
+            # Whatever the reframer holds is an event the upstream never finished. Even
+            # after a finish_reason the stream was cut (its usage chunk, its [DONE]):
+            # the client is told, never shown a clean end.
+            failure = _mid_stream_error(exc, timeouts, shaper)
+            out = b""
         if failure is not None:
             out += error_event(failure.message, code=failure.code)
             outcome.error = failure.message

@@ -285,17 +285,21 @@ async def test_end_before_finish_reason_is_a_truncation_error(
 
 
 @pytest.mark.parametrize("ending", ["reset", "hang"])
-async def test_a_cut_after_the_finish_reason_ends_the_answer_cleanly(
+async def test_a_cut_after_the_finish_reason_is_still_reported(
     upstream: Upstream, seamline: StartSeamline, ending: str
 ) -> None:
-    # The answer is whole once a finish_reason came; losing only [DONE] to a reset or a
-    # silent upstream is no truncation, so the client gets [DONE], not an error.
+    # The text is whole, but the stream was cut (its usage chunk or [DONE] lost): the
+    # client gets the text and then an error event, never a clean end.
     base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
     upstream.script(ev(chunk("whole")), ev(FIN), ending=ending)
     status, _, body = await raw_post(base)
     assert status == 200
-    assert body == ev(chunk("whole")) + ev(FIN) + DONE
-    assert text_of(await collect(base)) == "whole"
+    assert body.startswith(ev(chunk("whole")) + ev(FIN))
+    assert DONE not in body
+    assert last_error(body)["type"] == "upstream_error"
+    got, exc = await read_until_error(base)
+    assert text_of(got) == "whole"
+    assert exc.message
 
 
 async def test_nothing_after_done_is_forwarded(upstream: Upstream, proxied: str) -> None:
