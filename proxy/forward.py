@@ -17,9 +17,17 @@ from .convert import completion_to_sse
 from .errors import BodyTooLarge, InvalidJSON, MissingModel, UpstreamError
 from .logs import get_logger, redactor
 from .outcome import Outcome
-from .relay import SSE_HEADERS, EarlyError, collect_stream, read_body, relay_stream
+from .relay import (
+    SSE_HEADERS,
+    EarlyError,
+    collect_stream,
+    first_read,
+    read_body,
+    relay_stream,
+)
 from .repair import OpenAIShaper, error_status, normalize_error, usage_from, usage_of
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
+from .sse import looks_like_sse
 from .upstream import response_headers
 
 log = get_logger("seamline")
@@ -256,12 +264,22 @@ async def _answer(
     headers["X-Request-ID"] = outcome.request_id
     completions = tail in COMPLETION_ROUTES
     tracer = log.bind(request_id=outcome.request_id) if trace else None
-    if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+    sse = resp.content_type == "text/event-stream"
+    first = b""
+    if completions and not sse and resp.status < 400:
+        # Some upstreams label their answer wrongly (an event stream as text/plain or
+        # JSON, JSON as text): the first bytes tell what it is.
+        first = await first_read(resp, timeouts)
+        sse = looks_like_sse(first)
+        if sse or (first.lstrip().startswith(b"{") and resp.content_type != "application/json"):
+            _note_repair(outcome, tracer, "content_type_corrected")
+            headers["Content-Type"] = "text/event-stream" if sse else "application/json"
+    if sse:
         if completions and not wants.stream:
             # A stream for a client that asked for one JSON answer.
             collector = OpenAIShaper(trace=_tracer(tracer))
             agg, error = await collect_stream(
-                resp, timeouts, config.server.max_event_bytes, limit, collector
+                resp, timeouts, config.server.max_event_bytes, limit, collector, first
             )
             outcome.repairs.update(collector.repairs)
             usage = usage_from(agg.usage)
@@ -293,6 +311,7 @@ async def _answer(
                 heartbeat=config.server.heartbeat_s,
                 log=tracer,
                 on_start=started,
+                first=first,
             )
         finally:
             if shaper.errored and outcome.error is None:
@@ -301,7 +320,7 @@ async def _answer(
             return streamed, shaper.usage, (streamed.status, streamed.payload)
         return streamed, shaper.usage, None
     try:
-        data = await read_body(resp, limit, timeouts)
+        data = await read_body(resp, limit, timeouts, first)
     except UpstreamError as exc:
         outcome.error = exc.message
         raise
@@ -362,6 +381,12 @@ def _error_message(payload: bytes | None) -> str:
     except (ValueError, KeyError, TypeError):
         return "the stream ended with an error event"
     return str(message)
+
+
+def _note_repair(outcome: Outcome, tracer: Any, kind: str) -> None:
+    outcome.repairs[kind] = outcome.repairs.get(kind, 0) + 1
+    if tracer is not None:
+        _trace_repair(tracer, kind)
 
 
 def _trace_repair(tracer: Any, kind: str) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,7 @@ from .errors import (
 )
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
-from .sse import EventTooLarge, Reframer
+from .sse import EventTooLarge, Reframer, too_short_to_tell
 from .upstream import IdleWatch, map_error
 
 SSE_HEADERS = {
@@ -167,12 +167,14 @@ async def relay_stream(
     heartbeat: float = 0.0,
     log: Any = None,
     on_start: Callable[[], None] | None = None,
+    first: bytes = b"",
 ) -> web.StreamResponse:
     """Relay an upstream event stream to the client, repairing it on the way.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
     per-read logging work at all. ``on_start`` is called once, when the first byte
     goes to the client: from then on the request cannot go to another account.
+    ``first``: the body's first read, when the caller already made it.
     """
     headers.update(SSE_HEADERS)
     resp = web.StreamResponse(status=upstream.status, headers=headers)
@@ -192,7 +194,8 @@ async def relay_stream(
     try:
         try:
             read = upstream.content.readany
-            while chunk := await read():
+            chunk = first or await read()
+            while chunk:
                 client.last_read = watch.last = loop.time()
                 if log is not None:
                     log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
@@ -209,6 +212,7 @@ async def relay_stream(
                     # upstream closes; clients that read to the end would wait for it.
                     out = b""
                     break
+                chunk = await read()
             else:
                 out = shaper.render(reframer.close()) + shaper.finish()
         except EventTooLarge as exc:
@@ -245,7 +249,7 @@ async def relay_stream(
         upstream.close()
         outcome.events = shaper.events
         if shaper.repairs:
-            outcome.repairs = dict(shaper.repairs)
+            outcome.repairs.update(shaper.repairs)
     outcome.status = upstream.status
     return resp
 
@@ -336,10 +340,13 @@ def _nothing() -> None:
     return None
 
 
-async def read_body(upstream: aiohttp.ClientResponse, limit: int, timeouts: Timeouts) -> bytes:
-    """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
+async def read_body(
+    upstream: aiohttp.ClientResponse, limit: int, timeouts: Timeouts, first: bytes = b""
+) -> bytes:
+    """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes;
+    ``first`` is its first read, when the caller already made it."""
+    parts: list[bytes] = [first]
+    size = len(first)
     watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in upstream.content.iter_any():
@@ -362,6 +369,7 @@ async def collect_stream(
     max_event_bytes: int,
     limit: int,
     shaper: OpenAIShaper | None = None,
+    first: bytes = b"",
 ) -> tuple[Aggregator, bytes | None]:
     """Read a whole upstream event stream into one completion, for a non-streaming client.
 
@@ -377,7 +385,7 @@ async def collect_stream(
     forget = _fail_body_on_close(upstream)
     watch = IdleWatch(upstream, timeouts.idle)
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in _reads(upstream, first):
             watch.last = watch_time()
             size += len(chunk)
             if size > limit:
@@ -397,6 +405,30 @@ async def collect_stream(
         forget()
         upstream.close()
     return agg, shaper.error_payload
+
+
+async def _reads(upstream: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in upstream.content.iter_any():
+        yield chunk
+
+
+async def first_read(upstream: aiohttp.ClientResponse, timeouts: Timeouts) -> bytes:
+    """The body's first bytes (b"" for an empty body), to tell what it is by them."""
+    head = b""
+    try:
+        async with asyncio.timeout(timeouts.idle or None):
+            while chunk := await upstream.content.readany():
+                head += chunk
+                if not too_short_to_tell(head):
+                    break
+        return head
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        upstream.close()
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeout(f"upstream sent nothing for {timeouts.idle:g}s") from exc
+        raise map_error(exc, timeouts, headers_phase=False) from exc
 
 
 def _aggregate(rendered: bytes, agg: Aggregator) -> None:

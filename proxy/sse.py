@@ -74,6 +74,25 @@ class Stray:
 Item = Event | Comment | Stray
 
 
+_SSE_STARTS = (b"data:", b"event:", b"id:", b"retry:", b":")
+
+
+def looks_like_sse(head: bytes) -> bool:
+    """Whether the first bytes of a body are an event stream, whatever its label says:
+    a field name or a comment first, after an optional BOM and blank lines."""
+    head = head.removeprefix(BOM).lstrip(b"\r\n")
+    return head.startswith(_SSE_STARTS)
+
+
+def too_short_to_tell(head: bytes) -> bool:
+    """Whether more bytes could still make ``head`` look like an event stream (it was
+    split inside the BOM, the blank lines or the first field name)."""
+    if BOM.startswith(head):
+        return True
+    rest = head.removeprefix(BOM).lstrip(b"\r\n")
+    return not rest or any(s.startswith(rest) and s != rest for s in _SSE_STARTS)
+
+
 def _valid_utf8(raw: bytes) -> bytes:
     """Return ``raw`` unchanged when it is UTF-8, else with each bad sequence as U+FFFD."""
     try:

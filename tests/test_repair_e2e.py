@@ -421,6 +421,49 @@ async def test_streaming_client_answered_with_a_json_completion_gets_a_chunk_str
 
 
 @pytest.mark.parametrize(
+    "label", ["text/plain; charset=utf-8", "application/json", "application/octet-stream", ""]
+)
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+async def test_an_event_stream_with_a_wrong_content_type_is_still_relayed_as_one(
+    upstream: Upstream, proxied: str, label: str, stream: bool
+) -> None:
+    # Told apart by its first bytes (here a BOM and a comment first); streamed as it
+    # comes, not read whole first, and repaired like any other stream.
+    upstream.script(
+        b"\xef\xbb",  # the first read ends inside the BOM: too early to tell
+        b"\xbf: hello\r\n\r\n",
+        ev(chunk("wrong ")),
+        ev(chunk("label")),
+        ev(FIN),
+        DONE,
+        content_type=label,
+    )
+    if stream:
+        status, headers, body = await raw_post(proxied)
+        assert status == 200
+        assert headers["Content-Type"] == "text/event-stream"
+        assert body == b": hello\n\n" + ev(chunk("wrong ")) + ev(chunk("label")) + ev(FIN) + DONE
+        assert text_of(await collect(proxied)) == "wrong label"
+    else:
+        async with client(proxied) as c:
+            res = await c.chat.completions.create(model="m", messages=BODY["messages"])
+        assert res.choices[0].message.content == "wrong label"
+
+
+async def test_a_json_completion_labelled_as_text_reaches_a_json_client_as_json(
+    upstream: Upstream, proxied: str
+) -> None:
+    upstream.script(compact(COMPLETION), content_type="text/plain")
+    status, headers, body = await raw_post(proxied, {**BODY, "stream": False})
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert body == compact(COMPLETION)
+    async with client(proxied) as c:
+        res = await c.chat.completions.create(model="m", messages=BODY["messages"])
+    assert res.choices[0].message.content == "Hi é 😀"
+
+
+@pytest.mark.parametrize(
     ("error", "status", "exc_type"),
     [
         ({"message": "boom", "type": "server_error"}, 502, openai.InternalServerError),

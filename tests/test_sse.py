@@ -26,6 +26,8 @@ from proxy.sse import (
     Reframer,
     SSEError,
     Stray,
+    looks_like_sse,
+    too_short_to_tell,
 )
 
 FFFD = "\ufffd".encode()
@@ -739,3 +741,45 @@ def test_events_completed_before_the_limit_is_hit_are_kept() -> None:
     with pytest.raises(EventTooLarge) as info:
         r.feed(b"data: a\n\ndata: b\n\ndata: " + b"x" * 100)
     assert [e.data for e in info.value.completed if isinstance(e, Event)] == [b"a", b"b"]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b'data: {"a":1}\n\n', True),
+        (b"data:x", True),
+        (b": keep-alive\n\n", True),
+        (b"event: ping\n", True),
+        (b"id: 1\n", True),
+        (b"retry: 10\n", True),
+        (BOM + b"data: {}", True),
+        (b"\r\n\r\ndata: {}", True),
+        (b'{"id": "chatcmpl-1"}', False),
+        (b" data: {}", False),  # a leading space makes it a field named " data"
+        (b"", False),
+        (b"<html>", False),
+        (b"dat", False),
+    ],
+)
+def test_looks_like_sse_by_the_first_bytes(head: bytes, expected: bool) -> None:
+    assert looks_like_sse(head) is expected
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"", True),
+        (BOM[:2], True),
+        (b"\r\n", True),
+        (b"da", True),
+        (BOM + b"\nev", True),
+        (b"data", True),
+        (b"data:", False),
+        (b":", False),
+        (b"{", False),
+        (b"dx", False),
+        (b"<html>", False),
+    ],
+)
+def test_too_short_to_tell_until_a_field_name_is_whole(head: bytes, expected: bool) -> None:
+    assert too_short_to_tell(head) is expected
