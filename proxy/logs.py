@@ -7,6 +7,7 @@ anything shaped like a credential (bearer tokens, ``sk-`` keys, token fields).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -26,9 +27,18 @@ _PATTERNS = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether a field named ``key`` holds a secret whatever its value looks like."""
+    return bool(_SECRET_KEYS.search(key)) and key not in ("tokens", "prompt_tokens")
+
+
 def _mask(match: re.Match[str]) -> str:
     prefix = match.group(1) or match.group(2) or match.group(3) or ""
     return prefix + REDACTED
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})  # nothing in them to redact
 
 
 class Redactor:
@@ -53,14 +63,23 @@ class Redactor:
         return body
 
     def scrub(self, text: str) -> str:
+        # Every alternative of _PATTERNS contains "token", "sk-", "bearer" or "api_key"
+        # (case aside): text with none of them cannot match, and most log fields (ids,
+        # names) have none. The regex is the costly part of a log line; this test is a
+        # few fast substring scans.
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return _PATTERNS.sub(_mask, text)
+        low = text.casefold()  # not lower(): re.I also folds U+017F to "s", U+212A to "k"
+        if "token" in low or "sk-" in low or "bearer" in low or "api_key" in low:
+            return _PATTERNS.sub(_mask, text)
+        return text
 
     def _value(self, key: str, value: Any) -> Any:
+        if type(value) in _PLAIN:
+            return value
         if isinstance(value, str):
-            if _SECRET_KEYS.search(key) and key not in ("tokens", "prompt_tokens"):
+            if _secret_key(key):
                 return REDACTED if value else value
             return self.scrub(value)
         if isinstance(value, bytes):

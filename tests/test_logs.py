@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from conftest import StartSeamline, Upstream, chunk, client, config_text, sse_stream, text_of
 from proxy import logs
@@ -131,3 +133,37 @@ def test_redactor_removes_token_shapes() -> None:
     for leaked in ("s3cr3t-value", "abc.def", "sk-abcdefghij", "rt-1", '"a"'):
         assert leaked not in text
     assert text.count(logs.REDACTED) == 5
+
+
+_SECRETISH = st.sampled_from(
+    [
+        "Bearer ",
+        "bearer\t",
+        "sk-",
+        "SK-",
+        "\u017fk-",
+        "\u212a",
+        "access_token",
+        "ACCESS_TOKEN",
+        '"refresh_token": "',
+        "api_key=",
+        "Api_Key=",
+        "token",
+        "x",
+        "=",
+        '"',
+        ":",
+        " ",
+        "-",
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@example("\u017fk-abcdefgh")  # a long s: re.I matches it as "s"
+@example("Bearer \u212aey")
+@given(st.lists(_SECRETISH | st.text(max_size=8), max_size=12).map("".join))
+def test_scrub_redacts_exactly_what_the_patterns_match(text: str) -> None:
+    # The substring test in front of the regex only skips text the regex cannot match.
+    r = logs.Redactor()
+    assert r.scrub(text) == logs._PATTERNS.sub(logs._mask, text)
