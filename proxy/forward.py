@@ -149,32 +149,12 @@ async def forward(
     # The path and query go upstream as the client encoded them: decoded, an encoded
     # '?' or '/' would change what the upstream is asked for.
     url = request.rel_url
-    answer = await router.open(
-        session,
-        request.method,
-        url.raw_path.removeprefix("/v1/"),
-        url.raw_query_string,
-        request.headers,
-        plan.bodies,
-        model,
-        outcome,
-    )
     wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
     retry = Retry(model, [], plan.bodies)
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
     # (``retry`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
     while True:
-        if isinstance(answer, FailedAnswer):
-            return _failed(answer, outcome)
-        retry.tried.append(answer.account.name)
-        streams.add(answer.response)
-        try:
-            result = await _relay(request, router, answer, outcome, tail, wants, trace, retry)
-        finally:
-            streams.discard(answer.response)
-        if result is not None:
-            return result
         assert retry.bodies is not None
         answer = await router.open(
             session,
@@ -185,8 +165,17 @@ async def forward(
             retry.bodies,
             model,
             outcome,
-            exclude=retry.tried,
+            tried=retry.tried,
         )
+        if isinstance(answer, FailedAnswer):
+            return _failed(answer, outcome)
+        streams.add(answer.response)
+        try:
+            result = await _relay(request, router, answer, outcome, tail, wants, trace, retry)
+        finally:
+            streams.discard(answer.response)
+        if result is not None:
+            return result
 
 
 async def _read_request(request: web.Request, limit: int) -> bytes:

@@ -126,18 +126,19 @@ class Router:
         bodies: Bodies,
         model: str | None,
         outcome: Outcome,
-        exclude: Sequence[str] = (),
+        tried: list[str] | None = None,
     ) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
         An upstream that rejects a body seamline changed (``stream_options``) with a
-        400 is asked once more with the client's original. ``exclude``: accounts this
-        request already tried; they count against ``routing.max_attempts``.
+        400 is asked once more with the client's original. ``tried``: the accounts this
+        request already went to, extended in place with each one tried here; they count
+        against ``routing.max_attempts``, and a later call does not try them again.
         """
         self._pick_up_new_logins()
         pool = self.pool
         accounts = self.accounts
-        tried: list[str] = list(exclude)
+        tried = [] if tried is None else tried
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         last_failure: FailedAnswer | None = None
         last_error: SeamlineError | None = None

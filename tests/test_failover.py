@@ -369,6 +369,20 @@ async def test_a_stream_failing_before_its_first_event_fails_over(
         assert row["errors"] == 1
 
 
+async def test_an_account_that_failed_before_is_not_asked_again_after_an_early_failure(
+    make_upstream: MakeUpstream, seamline: StartSeamline
+) -> None:
+    a, b, c = await make_upstream(), await make_upstream(), await make_upstream()
+    fail(a, 503)
+    b.script(b'data: {"error":{"code":500,"message":"overloaded"}}\n\n')
+    ok(c, "from C", True)
+    base = await seamline(
+        conf(account("A", a.url), account("B", b.url), account("C", c.url), routing=FILL_FIRST)
+    )
+    assert await ask(base, True) == "from C"
+    assert counts(a, b, c) == [1, 1, 1]
+
+
 async def test_an_error_event_naming_a_client_error_is_not_failed_over(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
