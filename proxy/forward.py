@@ -77,12 +77,15 @@ class Plan:
     client_usage: bool  # the client asked for the usage chunk
 
 
-def plan_request(route: str, req: ClientRequest, upstream_model: str | None) -> Plan:
+def plan_request(
+    route: str, req: ClientRequest, upstream_model: str | None, force_stream: bool = True
+) -> Plan:
     """The bodies to send upstream.
 
     The client's bytes go upstream untouched unless a model alias applies, the usage
     chunk has to be asked for (so that every stream can be accounted), or an account
-    with ``force_stream`` needs a streaming body for a non-streaming client.
+    with ``force_stream`` needs a streaming body for a non-streaming client (made only
+    when ``force_stream``: some account has it).
     """
     obj = req.obj
     if obj is None or route not in COMPLETION_ROUTES:
@@ -98,7 +101,9 @@ def plan_request(route: str, req: ClientRequest, upstream_model: str | None) -> 
         changes = base if client_usage else {**base, **with_usage}
         send = _rewrite(req.body, obj, changes)
         return Plan(Bodies(send, req.body), not client_usage, client_usage)
-    forced = _rewrite(req.body, obj, {**base, "stream": True, **with_usage})
+    forced = (
+        _rewrite(req.body, obj, {**base, "stream": True, **with_usage}) if force_stream else None
+    )
     return Plan(Bodies(_rewrite(req.body, obj, base), req.body, forced), False, False)
 
 
@@ -124,9 +129,25 @@ class Wants:
     client_usage: bool
 
 
+_JSON_SPACE = b" \t\r\n"
+
+
 def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
+    """``body`` (whose parse is ``obj``) with ``changes`` to its top-level fields.
+
+    New fields are spliced in after the opening brace, so the client's own bytes go on
+    as they were (and a long conversation is not serialized again); only replacing a
+    field the client sent, or a body that is not plain UTF-8, takes a re-serialization.
+    """
     if not changes:
         return body
+    stripped = body.lstrip(_JSON_SPACE)
+    if stripped.startswith(b"{") and not any(k in obj for k in changes):
+        at = len(body) - len(stripped) + 1
+        fields = json.dumps(changes, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
+        rest = body[at:]
+        comma = b"" if rest.lstrip(_JSON_SPACE).startswith(b"}") else b","
+        return body[:at] + fields + comma + rest
     return json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -145,7 +166,7 @@ async def forward(
     req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
-    plan = plan_request(tail, req, model)
+    plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
     # The path and query go upstream as the client encoded them: decoded, an encoded
     # '?' or '/' would change what the upstream is asked for.
     url = request.rel_url
