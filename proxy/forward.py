@@ -25,7 +25,7 @@ from .relay import (
     read_body,
     relay_stream,
 )
-from .repair import OpenAIShaper, error_status, normalize_error, usage_from, usage_of
+from .repair import JSON_SPACE, OpenAIShaper, error_status, normalize_error, usage_from, usage_of
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .sse import looks_like_sse
 from .upstream import response_headers
@@ -129,9 +129,6 @@ class Wants:
     client_usage: bool
 
 
-_JSON_SPACE = b" \t\r\n"
-
-
 def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
     """``body`` (whose parse is ``obj``) with ``changes`` to its top-level fields.
 
@@ -141,12 +138,12 @@ def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes
     """
     if not changes:
         return body
-    stripped = body.lstrip(_JSON_SPACE)
+    stripped = body.lstrip(JSON_SPACE)
     if stripped.startswith(b"{") and not any(k in obj for k in changes):
         at = len(body) - len(stripped) + 1
         fields = json.dumps(changes, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
         rest = body[at:]
-        comma = b"" if rest.lstrip(_JSON_SPACE).startswith(b"}") else b","
+        comma = b"" if rest.lstrip(JSON_SPACE).startswith(b"}") else b","
         return body[:at] + fields + comma + rest
     return json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -22,7 +22,7 @@ PING_EVENTS = frozenset({b"ping", b"heartbeat", b"keep-alive", b"keepalive"})
 # follows it (empty choices and a usage object; Azure's first chunk, which carries
 # prompt_filter_results, has empty choices too). Searched as bytes so no JSON is
 # parsed per event.
-_JSON_SPACE = b" \t\r\n"
+JSON_SPACE = b" \t\r\n"
 TRUNCATED = "upstream stream ended before the answer was complete (truncated: no finish_reason)"
 
 
@@ -113,11 +113,11 @@ def _value_at(data: bytes, key: bytes) -> int:
     n = len(data)
     while i != -1:
         j = i + len(key)
-        while j < n and data[j] in _JSON_SPACE:
+        while j < n and data[j] in JSON_SPACE:
             j += 1
         if j < n and data[j] == 0x3A:  # ':'
             j += 1
-            while j < n and data[j] in _JSON_SPACE:
+            while j < n and data[j] in JSON_SPACE:
                 j += 1
             return j if j < n else -1
         i = data.find(key, j)
@@ -134,7 +134,7 @@ def _no_choices(data: bytes) -> bool:
     if j == -1 or data[j] != 0x5B:  # '['
         return False
     j += 1
-    while j < len(data) and data[j] in _JSON_SPACE:
+    while j < len(data) and data[j] in JSON_SPACE:
         j += 1
     return data[j : j + 1] == b"]"
 
