@@ -25,7 +25,14 @@ from .relay import (
     read_body,
     relay_stream,
 )
-from .repair import JSON_SPACE, OpenAIShaper, error_status, normalize_error, usage_from, usage_of
+from .repair import (
+    JSON_SPACE,
+    OpenAIShaper,
+    error_json,
+    error_status,
+    normalize_error,
+    usage_from,
+)
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .sse import looks_like_sse
 from .upstream import response_headers
@@ -331,10 +338,33 @@ async def _answer(
     except UpstreamError as exc:
         outcome.error = exc.message
         raise
-    usage = usage_of(data)
+    obj = _object(data)
+    usage = usage_from(obj.get("usage")) if obj is not None else None
+    if completions and resp.status < 400 and obj is None:
+        # Neither a stream nor a completion (an empty body, a gateway's HTML page): an
+        # empty answer must not pass for a complete one. Nothing reached the client, so
+        # another account may still answer.
+        preview = redactor.scrub_known(data[:200]).decode("utf-8", "replace")
+        message = f"upstream answered {resp.status} with no completion in its body: {preview!r}"
+        outcome.error = message
+        error = error_json(message, code="upstream_bad_response")
+        return _json(outcome, headers, 502, error), usage, (502, error)
     if completions and wants.stream and resp.status < 400:
-        return _json_to_stream(outcome, headers, resp.status, data, wants, tracer), usage, None
+        assert obj is not None
+        chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer)
+        return chunks, usage, None
     return _json(outcome, headers, resp.status, data), usage, None
+
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None (not JSON, or not an object)."""
+    if not data.lstrip(JSON_SPACE).startswith(b"{"):
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _json_to_stream(
@@ -342,19 +372,16 @@ def _json_to_stream(
     headers: CIMultiDict[str],
     status: int,
     data: bytes,
+    obj: dict[str, Any],
     wants: Wants,
     tracer: Any,
 ) -> web.Response:
-    """A streaming client answered with JSON: a completion becomes its chunk stream,
-    an error object an HTTP error (nothing was streamed yet)."""
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict) and obj.get("error"):
+    """A streaming client answered with a JSON object: a completion becomes its chunk
+    stream, an error object an HTTP error (nothing was streamed yet)."""
+    if obj.get("error"):
         payload = normalize_error(data)
         return _json(outcome, headers, error_status(payload), payload)
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+    if not isinstance(obj.get("choices"), list):
         return _json(outcome, headers, status, data)
     if tracer is not None:
         tracer.debug("repair", kind="json_to_stream")

@@ -383,6 +383,34 @@ async def test_an_account_that_failed_before_is_not_asked_again_after_an_early_f
     assert counts(a, b, c) == [1, 1, 1]
 
 
+NOT_A_COMPLETION = {
+    "empty": (b"", "application/json"),
+    "html": (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+    "json_list": (b"[]", "application/json"),
+}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("answer", list(NOT_A_COMPLETION))
+async def test_a_200_without_a_completion_is_a_502_and_fails_over(
+    make_upstream: MakeUpstream, seamline: StartSeamline, answer: str, stream: bool
+) -> None:
+    body, content_type = NOT_A_COMPLETION[answer]
+    a, b = await make_upstream(), await make_upstream()
+    a.script(*([body] if body else []), content_type=content_type)
+    ok(b, "from B", stream)
+    base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
+    assert await ask(base, stream) == "from B"
+    assert counts(a, b) == [1, 1]
+    # With no other account, the client gets the 502, not an empty answer.
+    only = await seamline(conf(account("A", a.url)))
+    reply = await post(only, request_body(stream))
+    assert reply.status == 502
+    error = reply.json()["error"]
+    assert error["code"] == "upstream_bad_response"
+    assert "no completion" in error["message"]
+
+
 async def test_an_error_event_naming_a_client_error_is_not_failed_over(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
