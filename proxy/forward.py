@@ -340,7 +340,7 @@ async def _answer(
         raise
     obj = _object(data)
     usage = usage_from(obj.get("usage")) if obj is not None else None
-    if completions and resp.status < 400 and obj is None:
+    if completions and resp.status < 400 and _no_completion(obj, wants.stream):
         # Neither a stream nor a completion (an empty body, a gateway's HTML page): an
         # empty answer must not pass for a complete one. Nothing reached the client, so
         # another account may still answer.
@@ -354,6 +354,14 @@ async def _answer(
         chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer)
         return chunks, usage, None
     return _json(outcome, headers, resp.status, data), usage, None
+
+
+def _no_completion(obj: dict[str, Any] | None, stream: bool) -> bool:
+    """A 2xx body that holds no answer: not a JSON object at all, or, for a client that
+    wants a stream, an object that is neither a completion nor an error."""
+    if obj is None:
+        return True
+    return stream and not obj.get("error") and not isinstance(obj.get("choices"), list)
 
 
 def _object(data: bytes) -> dict[str, Any] | None:
@@ -381,8 +389,6 @@ def _json_to_stream(
     if obj.get("error"):
         payload = normalize_error(data)
         return _json(outcome, headers, error_status(payload), payload)
-    if not isinstance(obj.get("choices"), list):
-        return _json(outcome, headers, status, data)
     if tracer is not None:
         tracer.debug("repair", kind="json_to_stream")
     outcome.repairs["json_to_stream"] = 1

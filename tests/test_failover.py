@@ -387,11 +387,16 @@ NOT_A_COMPLETION = {
     "empty": (b"", "application/json"),
     "html": (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
     "json_list": (b"[]", "application/json"),
+    "object_without_choices": (b'{"id":"x","object":"chat.completion"}', "application/json"),
 }
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
-@pytest.mark.parametrize("answer", list(NOT_A_COMPLETION))
+@pytest.mark.parametrize(
+    ("answer", "stream"),
+    # A JSON client gets any JSON object as it is: only a stream cannot be made of one
+    # without choices.
+    [(a, s) for a in NOT_A_COMPLETION for s in (True, False) if a != "object_without_choices" or s],
+)
 async def test_a_200_without_a_completion_is_a_502_and_fails_over(
     make_upstream: MakeUpstream, seamline: StartSeamline, answer: str, stream: bool
 ) -> None:
