@@ -285,7 +285,9 @@ async def _answer(
         # JSON, JSON as text): the first bytes tell what it is.
         first = await first_read(resp, timeouts)
         sse = looks_like_sse(first)
-        if sse or (first.lstrip().startswith(b"{") and resp.content_type != "application/json"):
+        if sse or (
+            first.lstrip(JSON_SPACE).startswith(b"{") and resp.content_type != "application/json"
+        ):
             _note_repair(outcome, tracer, "content_type_corrected")
             headers["Content-Type"] = "text/event-stream" if sse else "application/json"
     if sse:
@@ -302,9 +304,7 @@ async def _answer(
                 outcome.error = _error_message(error)
                 status = error_status(error)
                 return _json(outcome, headers, status, error), usage, (status, error)
-            if tracer is not None:
-                tracer.debug("repair", kind="stream_aggregated")
-            outcome.repairs["stream_aggregated"] = 1
+            _note_repair(outcome, tracer, "stream_aggregated")
             return _json(outcome, headers, resp.status, _dumps(agg.result())), usage, None
         outcome.stream = True
         shaper = OpenAIShaper(
@@ -389,9 +389,7 @@ def _json_to_stream(
     if obj.get("error"):
         payload = normalize_error(data)
         return _json(outcome, headers, error_status(payload), payload)
-    if tracer is not None:
-        tracer.debug("repair", kind="json_to_stream")
-    outcome.repairs["json_to_stream"] = 1
+    _note_repair(outcome, tracer, "json_to_stream")
     outcome.stream = True
     body = completion_to_sse(obj, include_usage=wants.client_usage)
     outcome.status = status

@@ -305,10 +305,6 @@ def _status_error(
     return EarlyError(status, payload, out_headers)
 
 
-def watch_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
 def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> Callable[[], None]:
     """Make a read fail, not hang, when the upstream connection dies mid-body.
 
@@ -350,7 +346,7 @@ async def read_body(
     watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in upstream.content.iter_any():
-            watch.last = watch_time()
+            watch.seen()
             size += len(chunk)
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
@@ -386,7 +382,7 @@ async def collect_stream(
     watch = IdleWatch(upstream, timeouts.idle)
     try:
         async for chunk in _reads(upstream, first):
-            watch.last = watch_time()
+            watch.seen()
             size += len(chunk)
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
@@ -417,18 +413,18 @@ async def _reads(upstream: aiohttp.ClientResponse, first: bytes) -> AsyncIterato
 async def first_read(upstream: aiohttp.ClientResponse, timeouts: Timeouts) -> bytes:
     """The body's first bytes (b"" for an empty body), to tell what it is by them."""
     head = b""
+    watch = IdleWatch(upstream, timeouts.idle)
     try:
-        async with asyncio.timeout(timeouts.idle or None):
-            while chunk := await upstream.content.readany():
-                head += chunk
-                if not too_short_to_tell(head):
-                    break
+        while chunk := await upstream.content.readany():
+            head += chunk
+            if not too_short_to_tell(head):
+                break
         return head
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
         upstream.close()
-        if isinstance(exc, TimeoutError):
-            raise UpstreamTimeout(f"upstream sent nothing for {timeouts.idle:g}s") from exc
         raise map_error(exc, timeouts, headers_phase=False) from exc
+    finally:
+        watch.cancel()
 
 
 def _aggregate(rendered: bytes, agg: Aggregator) -> None:

@@ -211,6 +211,10 @@ class IdleWatch:
         self._busy = busy
         self._timer = self._loop.call_later(idle, self._check) if idle > 0 else None
 
+    def seen(self) -> None:
+        """A read returned: the wait starts again from now."""
+        self.last = self._loop.time()
+
     def _check(self) -> None:
         now = self._loop.time()
         if self._busy is not None and self._busy():

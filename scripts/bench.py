@@ -47,7 +47,6 @@ from bench_procs import (
     machine_busy,
     nginx_path,
     own_cpu,
-    raise_nofile,
     self_cpu,
     start_nginx,
     start_seamline,
@@ -55,6 +54,8 @@ from bench_procs import (
     stop,
 )
 from bench_report import Figure, figures, ratio, table
+
+from proxy.cli import raise_open_file_limit  # the same raise seamline makes at start
 
 ALL_TARGETS = ("direct", "seamline", "nginx")
 ALL_SCENARIOS = ("ttfb", "latency", "throughput", "load", "paced", "concurrent")
@@ -500,7 +501,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[Figure]]:
             "(apt-get install nginx to get the reference floor)"
         )
         say(f"note: {notes[-1]}")
-    nofile = raise_nofile()
+    nofile = raise_open_file_limit()
     need = 2 * max(sizes.conc_streams, sizes.load_streams) + 100
     if nofile < need:
         notes.append(f"open-file limit {nofile} is below the {need} the largest scenario needs")

@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import openai
 import pytest
@@ -29,6 +29,17 @@ class Script:
     # After the pieces: "end" finishes cleanly, "reset" aborts the connection,
     # "hang" keeps the connection open and silent.
     ending: str = "end"
+
+
+class Reply(NamedTuple):
+    """An HTTP answer as a test saw it: status, headers and every byte of its body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass

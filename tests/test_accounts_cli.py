@@ -57,20 +57,8 @@ async def test_status_prints_persisted_state_without_secrets(tmp_path: Path) -> 
         }
     )
     await store.close()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "accounts",
-        "status",
-        "--config",
-        str(path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    text = out.decode()
+    code, text, err = await _status(path)
+    assert code == 0, err
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["ACCOUNT", "STATE"]
     alpha = next(ln for ln in lines if ln.startswith("alpha"))

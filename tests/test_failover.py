@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 import openai
@@ -26,7 +26,7 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 from pytest_aiohttp import AiohttpServer
 
-from conftest import StartSeamline, Upstream, chunk, client, make_upstream_app, text_of
+from conftest import Reply, StartSeamline, Upstream, chunk, client, make_upstream_app, text_of
 from proxy import config as cfg
 from proxy import logs
 from proxy.accounts import Limits, Pool
@@ -127,15 +127,6 @@ def conf(*accounts: str, routing: str = "", timeouts: str = "", state: str = ":m
 
 
 # -- clients ------------------------------------------------------------------------------
-
-
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def request_body(stream: bool = False, model: str = "m", **extra: Any) -> bytes:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from conftest import Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
+from conftest import Reply, Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
 from proxy import config as cfg
 from proxy.app import RUNTIME, drain, start
 from proxy.middleware import GATE
@@ -61,15 +61,6 @@ def conf(*accounts: str, routing: str = "", **server: Any) -> str:
 
 
 # -- clients -------------------------------------------------------------------------------
-
-
-class Reply(NamedTuple):
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 def root(base: str) -> str:

@@ -450,6 +450,19 @@ async def test_an_event_stream_with_a_wrong_content_type_is_still_relayed_as_one
         assert res.choices[0].message.content == "wrong label"
 
 
+async def test_a_silent_answer_with_a_wrong_content_type_times_out_as_idle(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    # Telling what the body is waits for its first bytes, under the idle timeout.
+    base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
+    upstream.script(content_type="text/plain", ending="hang")
+    started = time.monotonic()
+    status, _, body = await raw_post(base)
+    assert time.monotonic() - started < 3
+    assert status == 504
+    assert "sent nothing for 0.3s" in json.loads(body)["error"]["message"]
+
+
 async def test_a_json_completion_labelled_as_text_reaches_a_json_client_as_json(
     upstream: Upstream, proxied: str
 ) -> None:
