@@ -40,6 +40,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         request,
         rt.router,
         request.app[SESSION],
+        rt.client,
         request[OUTCOME],
         debug_streaming_enabled(),
         rt.streams,
@@ -54,6 +55,7 @@ async def _lifecycle(app: web.Application) -> Any:
     warn_readable_secrets(rt.router.config)
     yield
     await rt.persister.stop()
+    rt.client.close()
     await app[SESSION].close()
 
 
@@ -124,7 +126,7 @@ async def drain(
     if rt.streams:
         log.warning("drain_deadline_passed", streams=len(rt.streams))
         for resp in list(rt.streams):
-            resp.content.set_exception(
+            resp.fail(
                 ShuttingDown("seamline is shutting down; the stream was ended before it completed")
             )
         await gate.wait_idle(2.0)

@@ -36,6 +36,7 @@ from .repair import (
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .sse import looks_like_sse
 from .upstream import response_headers
+from .wire import Client, Response
 
 log = get_logger("seamline")
 
@@ -159,9 +160,10 @@ async def forward(
     request: web.Request,
     router: Router,
     session: aiohttp.ClientSession,
+    client: Client,
     outcome: Outcome,
     trace: bool,
-    streams: set[aiohttp.ClientResponse],
+    streams: set[Response],
 ) -> web.StreamResponse:
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
@@ -183,6 +185,7 @@ async def forward(
         assert retry.bodies is not None
         answer = await router.open(
             session,
+            client,
             request.method,
             url.raw_path.removeprefix("/v1/"),
             url.raw_query_string,

@@ -1,9 +1,10 @@
 """The streaming loop: upstream bytes -> reframer -> shaper -> client.
 
 One client write per upstream read, so whatever one read completes goes out
-together and nothing complete is ever held back for the next read. Backpressure is
-aiohttp's: ``write`` waits while the client's socket buffer is full, and while we
-wait we do not read the upstream, whose reader then stops reading its socket.
+together and nothing complete is ever held back for the next read. Until the client's
+headers are out, upstream reads are awaited; from then on they are pushed, each
+handled inside the upstream socket's callback. Backpressure: a full client buffer
+pauses reading the upstream socket until the client has drained it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .sse import EventTooLarge, Reframer, too_short_to_tell
 from .upstream import IdleWatch, map_error
+from .wire import Response
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -87,6 +89,7 @@ class ClientStream:
         self._heartbeat = heartbeat
         self._timer: asyncio.TimerHandle | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._drain: asyncio.Task[None] | None = None
         if heartbeat > 0:
             self._timer = self._loop.call_later(heartbeat, self._tick)
 
@@ -127,6 +130,32 @@ class ClientStream:
         finally:
             self.writing = False
 
+    def write_now(self, data: bytes, upstream: Response) -> None:
+        """``write`` for a pushed body, called from the upstream socket's callback once
+        the headers are out: it cannot wait, so a full client buffer pauses reading
+        ``upstream`` until the client has taken it."""
+        self.outcome.bytes_out += len(data)
+        if self.log is not None:
+            self.log.debug("client_write", size=len(data), preview=_preview(data))
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if transport.get_write_buffer_size() > _HIGH_WATER and not self.writing:
+            self.writing = True
+            upstream.pause()
+            self._drain = self._loop.create_task(self._wait_drained(upstream))
+
+    async def _wait_drained(self, upstream: Response) -> None:
+        try:
+            await self.request.writer.drain()
+        except (ConnectionResetError, RuntimeError) as exc:
+            upstream.interrupt(ConnectionResetError(str(exc)))
+        finally:
+            self.writing = False
+            upstream.resume()
+
     def is_writing(self) -> bool:
         return self.writing
 
@@ -149,15 +178,16 @@ class ClientStream:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._beat is not None and not self._beat.done():
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+        for task in (self._beat, self._drain):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     headers: CIMultiDict[str],
     shaper: OpenAIShaper,
     outcome: Outcome,
@@ -186,39 +216,56 @@ async def relay_stream(
     client = ClientStream(
         request, resp, outcome, heartbeat, log, chunked=chunked, on_start=on_start
     )
-    forget = _fail_body_on_close(upstream)
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
     loop = asyncio.get_running_loop()
     watch = IdleWatch(upstream, timeouts.idle, client.is_writing)
+
+    def convert(chunk: bytes) -> bytes:
+        client.last_read = watch.last = loop.time()
+        if log is not None:
+            log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
+        if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
+            return chunk
+        return shaper.render(reframer.feed(chunk))
+
+    def pushed(chunk: bytes) -> None:
+        # The hot path: inside the upstream's socket callback, no task switch.
+        try:
+            out = convert(chunk)
+            if out:
+                client.write_now(out, upstream)
+            if shaper.done:
+                upstream.stop()
+        except Exception as exc:  # it ends the push, as a failed read would
+            upstream.interrupt(exc)
+
     try:
         try:
-            read = upstream.content.readany
-            chunk = first or await read()
+            ended = True  # False: stopped early, at [DONE] or at a first event that failed
+            chunk = first or await upstream.read()
             while chunk:
-                client.last_read = watch.last = loop.time()
-                if log is not None:
-                    log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
-                if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
-                    out = chunk
-                else:
-                    out = shaper.render(reframer.feed(chunk))
+                out = convert(chunk)
                 if out:
                     if not client.prepared and _only_error(shaper):
+                        ended = False
                         break
                     await client.write(out)
                 if shaper.done:
                     # Nothing may follow [DONE]: end the client's stream now, not when the
                     # upstream closes; clients that read to the end would wait for it.
-                    out = b""
+                    ended = False
                     break
-                chunk = await read()
-            else:
-                out = shaper.render(reframer.close()) + shaper.finish()
+                if client.prepared and not upstream.buffered():
+                    # The headers are out: from here on every read is pushed.
+                    ended = await upstream.push(pushed)
+                    break
+                chunk = await upstream.read()
+            out = shaper.render(reframer.close()) + shaper.finish() if ended else b""
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
-        except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
+        except (TimeoutError, UpstreamError) as exc:
             # Whatever the reframer holds is an event the upstream never finished. Even
             # after a finish_reason the stream was cut (its usage chunk, its [DONE]):
             # the client is told, never shown a clean end.
@@ -242,9 +289,8 @@ async def relay_stream(
         outcome.client_gone = True
     finally:
         watch.cancel()
-        forget()
         await client.close()
-        # A body read to its end has already gone back to aiohttp's pool; this closes a
+        # A body read to its end has already gone back to the pool; this closes a
         # connection with anything of it left unread, which no other request may reuse.
         upstream.close()
         outcome.events = shaper.events
@@ -257,7 +303,7 @@ async def relay_stream(
 def _mid_stream_error(
     exc: BaseException, timeouts: Timeouts, shaper: OpenAIShaper
 ) -> SeamlineError:
-    failure = map_error(exc, timeouts, headers_phase=False)
+    failure = map_error(exc, timeouts)
     if isinstance(failure, UpstreamProtocolError) and shaper.check_endings and not shaper.finished:
         # A connection that dies before the answer ended truncated it, as a clean
         # end there does: the client must be told so, not just "connection lost".
@@ -305,39 +351,8 @@ def _status_error(
     return EarlyError(status, payload, out_headers)
 
 
-def _fail_body_on_close(upstream: aiohttp.ClientResponse) -> Callable[[], None]:
-    """Make a read fail, not hang, when the upstream connection dies mid-body.
-
-    After a chunked-encoding error aiohttp closes the connection but leaves the body
-    reader waiting, with no read timeout left to end the wait. Returns what undoes it,
-    to call before the connection goes back to the pool for another request.
-    """
-    conn = upstream.connection
-    closed = conn.protocol.closed if conn is not None and conn.protocol is not None else None
-    if closed is None:
-        return _nothing
-    content = upstream.content
-
-    def on_closed(fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled():
-            fut.exception()  # retrieved, so asyncio does not warn about it
-        if not content.is_eof() and content.exception() is None:
-            content.set_exception(aiohttp.ClientPayloadError("upstream connection lost mid-body"))
-
-    closed.add_done_callback(on_closed)
-
-    def forget() -> None:
-        closed.remove_done_callback(on_closed)
-
-    return forget
-
-
-def _nothing() -> None:
-    return None
-
-
 async def read_body(
-    upstream: aiohttp.ClientResponse, limit: int, timeouts: Timeouts, first: bytes = b""
+    upstream: Response, limit: int, timeouts: Timeouts, first: bytes = b""
 ) -> bytes:
     """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes;
     ``first`` is its first read, when the caller already made it."""
@@ -345,22 +360,20 @@ async def read_body(
     size = len(first)
     watch = IdleWatch(upstream, timeouts.idle)
     try:
-        async for chunk in upstream.content.iter_any():
+        while chunk := await upstream.read():
             watch.seen()
             size += len(chunk)
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
             parts.append(chunk)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise map_error(exc, timeouts, headers_phase=False) from exc
     finally:
         watch.cancel()
-        upstream.release()
+        upstream.close()
     return b"".join(parts)
 
 
 async def collect_stream(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     timeouts: Timeouts,
     max_event_bytes: int,
     limit: int,
@@ -378,10 +391,10 @@ async def collect_stream(
     agg = Aggregator()
     reframer = Reframer(max_event_bytes)
     size = 0
-    forget = _fail_body_on_close(upstream)
     watch = IdleWatch(upstream, timeouts.idle)
     try:
-        async for chunk in _reads(upstream, first):
+        chunk = first or await upstream.read()
+        while chunk:
             watch.seen()
             size += len(chunk)
             if size > limit:
@@ -389,40 +402,33 @@ async def collect_stream(
             _aggregate(shaper.render(reframer.feed(chunk)), agg)
             if shaper.errored or shaper.done:
                 break
+            chunk = await upstream.read()
         else:
             _aggregate(shaper.render(reframer.close()) + shaper.finish(), agg)
     except EventTooLarge as exc:
         return agg, error_json(str(exc), code="event_too_large")
-    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamTimeout) as exc:
+    except (TimeoutError, UpstreamTimeout, UpstreamProtocolError) as exc:
         err = _mid_stream_error(exc, timeouts, shaper)
         return agg, error_json(err.message, code=err.code)
     finally:
         watch.cancel()
-        forget()
         upstream.close()
     return agg, shaper.error_payload
 
 
-async def _reads(upstream: aiohttp.ClientResponse, first: bytes) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in upstream.content.iter_any():
-        yield chunk
-
-
-async def first_read(upstream: aiohttp.ClientResponse, timeouts: Timeouts) -> bytes:
+async def first_read(upstream: Response, timeouts: Timeouts) -> bytes:
     """The body's first bytes (b"" for an empty body), to tell what it is by them."""
     head = b""
     watch = IdleWatch(upstream, timeouts.idle)
     try:
-        while chunk := await upstream.content.readany():
+        while chunk := await upstream.read():
             head += chunk
             if not too_short_to_tell(head):
                 break
         return head
-    except (aiohttp.ClientError, TimeoutError, OSError, UpstreamError) as exc:
+    except UpstreamError:
         upstream.close()
-        raise map_error(exc, timeouts, headers_phase=False) from exc
+        raise
     finally:
         watch.cancel()
 

@@ -252,14 +252,17 @@ class OpenAIShaper:
         unchanged (``data: {...}`` blocks ending in LF LF, UTF-8, no [DONE], error or
         usage chunk). A handful of C-speed scans of the chunk, no per-line Python work.
         """
-        if self.done or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+        if (
+            self.done
+            or b"\r" in chunk
+            or not chunk.endswith(b"}\n\n")
+            or not chunk.startswith(b"data: {")
+        ):
             return False
-        n = chunk.count(b"\n\n")
-        if chunk.count(b"\n") != 2 * n or not chunk.startswith(b"data: {"):
-            return False
-        if chunk.count(b"\n\ndata: {") != n - 1 or chunk.count(b"}\n\n") != n:
-            return False
-        if b"[DONE]" in chunk or b'"error"' in chunk:
+        # Blocks "data: {...}" one line each, so no [DONE] among them: every LF is one of
+        # the two between blocks or at the end.
+        n = chunk.count(b"}\n\ndata: {") + 1
+        if chunk.count(b"\n") != 2 * n or b'"error"' in chunk:
             return False
         if b'"usage"' in chunk and _any_value(chunk, b'"usage"', 0x7B):  # '{'
             return False

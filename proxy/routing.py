@@ -25,6 +25,7 @@ from .logs import get_logger, redactor
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
 from .outcome import Outcome
 from .relay import read_body
+from .wire import Client, Response
 
 if TYPE_CHECKING:
     from .shared import SharedPool
@@ -75,7 +76,7 @@ class UpstreamAnswer:
 
     account: AccountConfig
     state: AccountState
-    response: aiohttp.ClientResponse
+    response: Response
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Router:
     async def open(
         self,
         session: aiohttp.ClientSession,
+        client: Client,
         method: str,
         tail: str,
         query: str,
@@ -152,7 +154,7 @@ class Router:
             pool.acquire(st, now)
             try:
                 answer = await self._attempt(
-                    session, acc, st, method, tail, query, client_headers, bodies, outcome
+                    session, client, acc, st, method, tail, query, client_headers, bodies, outcome
                 )
             except UpstreamError as exc:
                 pool.release(st)
@@ -200,6 +202,7 @@ class Router:
     async def _attempt(
         self,
         session: aiohttp.ClientSession,
+        client: Client,
         acc: AccountConfig,
         st: AccountState,
         method: str,
@@ -225,7 +228,7 @@ class Router:
                     base_url = acc.base_url or oauth.base_url
                 headers = up.request_headers(client_headers, acc, outcome.request_id, token)
                 url = up.target_url(base_url, tail, query)
-                resp = await up.send(session, method, url, headers, body, timeouts)
+                resp = await up.send(client, method, url, headers, body, timeouts)
             except OAuthRevoked as exc:
                 self._disable(st, exc.message, persist=True, outcome=outcome)
                 raise

@@ -11,7 +11,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from .accounts import Strategy
@@ -24,6 +23,7 @@ from .redis_store import RedisStore
 from .routing import Router, limits_of, make_pool
 from .shared import SharedPersister, SharedPool
 from .state import Persister, open_store
+from .wire import Client, Response
 
 log = get_logger("seamline")
 
@@ -33,7 +33,8 @@ class Runtime:
     router: Router
     persister: Persister
     # Upstream responses being relayed: a drain that runs out of time ends them.
-    streams: set[aiohttp.ClientResponse] = field(default_factory=set)
+    streams: set[Response] = field(default_factory=set)
+    client: Client = field(default_factory=Client)  # every upstream call of /v1
     tokens: TokenShare | None = None  # OAuth tokens shared between replicas
 
     @property

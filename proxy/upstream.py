@@ -1,8 +1,4 @@
-"""One upstream call: the session, the headers, the timeouts, and error mapping.
-
-Every aiohttp/asyncio failure of an upstream call is mapped here, and only here,
-into the :mod:`proxy.errors` tree.
-"""
+"""One upstream call: the headers that go and come back, the timeouts, the idle watch."""
 
 from __future__ import annotations
 
@@ -13,12 +9,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import AccountConfig, Timeouts
-from .errors import (
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
+from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from .wire import Client, Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -127,86 +119,62 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
-def map_error(exc: BaseException, timeouts: Timeouts, *, headers_phase: bool) -> UpstreamError:
-    """Map a lower-layer failure into the seamline error tree."""
+def map_error(exc: BaseException, timeouts: Timeouts) -> UpstreamError:
+    """A failure while reading an upstream body, in the seamline error tree."""
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnreachable(f"upstream unreachable: {exc.os_error.strerror or exc}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamTimeout(f"upstream connect timed out after {timeouts.connect:g}s")
     if isinstance(exc, TimeoutError):
-        if headers_phase:
-            return UpstreamTimeout(
-                f"upstream sent no response headers within {timeouts.headers:g}s"
-            )
-        # The idle timeout is IdleWatch's own UpstreamTimeout; a TimeoutError in the
-        # body is aiohttp's total timeout.
         if timeouts.total:
             return UpstreamTimeout(f"upstream did not finish within {timeouts.total:g}s")
         return UpstreamTimeout("upstream timed out")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamProtocolError(f"upstream response body is broken: {exc}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+    if isinstance(exc, OSError):
         return UpstreamProtocolError("upstream closed the connection unexpectedly")
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamProtocolError(f"upstream sent an invalid response: {exc.message}")
     return UpstreamError(f"upstream request failed: {type(exc).__name__}")
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: Client,
     method: str,
     url: str,
     headers: CIMultiDict[str],
     body: bytes,
     timeouts: Timeouts,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """Send the request; return the response once its headers are in.
 
-    The caller owns the response and must release or close it.
+    The caller owns the response and must close it.
     """
-    timeout = aiohttp.ClientTimeout(
-        total=timeouts.total or None,
-        sock_connect=timeouts.connect or None,
-        sock_read=None,
+    return await client.request(
+        method,
+        url,
+        headers,
+        body,
+        connect=timeouts.connect,
+        head=timeouts.headers,
+        total=timeouts.total,
     )
-    try:
-        async with asyncio.timeout(timeouts.headers or None):
-            resp = await session.request(
-                method,
-                url,
-                headers=headers,
-                data=body or None,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise map_error(exc, timeouts, headers_phase=True) from exc
-    return resp
 
 
 class IdleWatch:
     """Fails the body read of ``upstream`` once it has waited ``idle`` seconds for data.
 
     The reader sets ``last`` when a read returns. One timer per stream, re-armed only
-    when it fires: aiohttp's own read timeout reschedules a timer on every socket
-    read, a cost paid per event. While ``busy()`` (the reader is writing to its
-    client, so not reading) the wait does not count, as aiohttp's does not while
-    reading is paused.
+    when it fires, not rescheduled on every read (a cost paid per event). While
+    ``busy()`` (the reader is waiting for its client, so not reading) the wait does
+    not count.
     """
 
-    __slots__ = ("_busy", "_content", "_idle", "_loop", "_timer", "last")
+    __slots__ = ("_busy", "_idle", "_loop", "_timer", "_upstream", "last")
 
     def __init__(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         idle: float,
         busy: Callable[[], bool] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self.last = self._loop.time()
-        self._content = upstream.content
+        self._upstream = upstream
         self._idle = idle
         self._busy = busy
         self._timer = self._loop.call_later(idle, self._check) if idle > 0 else None
@@ -224,9 +192,7 @@ class IdleWatch:
             self._timer = self._loop.call_later(wait, self._check)
             return
         self._timer = None
-        content = self._content
-        if not content.is_eof() and content.exception() is None:
-            content.set_exception(UpstreamTimeout(f"upstream sent nothing for {self._idle:g}s"))
+        self._upstream.fail(UpstreamTimeout(f"upstream sent nothing for {self._idle:g}s"))
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -1,0 +1,553 @@
+"""A lean HTTP/1.1 client for upstream calls: keep-alive pool, httptools parsing.
+
+Why not aiohttp's client: a relayed event is one small read, and aiohttp's client
+spends far more Python per read (its StreamReader, a future and a task wake-up for
+each) than the rest of seamline together; its objects also cost kilobytes per open
+stream. Here a body can be *pushed*: each decoded piece goes from the socket
+callback straight to a sink, with no task switch, which is what the relay's hot
+path uses once the client's headers are out. Before that (and for whole bodies) it
+is *pulled* with ``await read()``.
+
+Every failure comes out as a :mod:`proxy.errors` ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+
+_MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
+# Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
+_HIGH_WATER = 0x20000
+_NO_BODY = frozenset({204, 304})
+
+
+class _Stale(UpstreamProtocolError):
+    """A reused keep-alive connection was closed before any byte of the answer: the
+    upstream dropped it while idle, so the request can go on a new one."""
+
+
+class Response:
+    """One upstream answer: status and headers, then the body, pulled or pushed."""
+
+    __slots__ = (
+        "_conn",
+        "_decoder",
+        "_ended",
+        "_exc",
+        "_head",
+        "_loop",
+        "_paused",
+        "_pieces",
+        "_pushed",
+        "_sink",
+        "_size",
+        "_timer",
+        "_waiter",
+        "content_type",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._head: asyncio.Future[None] = loop.create_future()
+        self._conn: _Conn | None = None
+        self._pieces: deque[bytes] = deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False  # the body is complete (or the reader stopped it)
+        self._exc: UpstreamError | None = None
+        self._sink: Callable[[bytes], None] | None = None
+        self._pushed: asyncio.Future[bool] | None = None
+        self._paused = False
+        self._decoder: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.content_type = "application/octet-stream"
+
+    # -- the reader's side --------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Whatever body bytes have arrived (waiting for some), b"" at the end."""
+        while True:
+            if self._pieces:
+                data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
+                self._pieces.clear()
+                self._size = 0
+                if self._paused:
+                    self._paused = False
+                    if self._conn is not None:
+                        self._conn.resume()
+                return data
+            if self._exc is not None:
+                raise self._exc
+            if self._ended:
+                return b""
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def buffered(self) -> bool:
+        return bool(self._pieces)
+
+    def push(self, sink: Callable[[bytes], None]) -> asyncio.Future[bool]:
+        """From now on hand each piece of the body to ``sink`` as it arrives, inside the
+        socket's callback: no task switch per piece. ``sink`` must not raise; it ends
+        the push itself, with ``stop()`` or ``interrupt()``. Resolves True at the body's
+        end, False once stopped, or with the error that broke it. Call only with
+        nothing ``buffered()``."""
+        done: asyncio.Future[bool] = self._loop.create_future()
+        self._pushed = done
+        if self._exc is not None:
+            done.set_exception(self._exc)
+        elif self._ended:
+            done.set_result(True)
+        else:
+            self._sink = sink
+            if self._decoder is None and self._conn is not None:
+                self._conn.body = sink  # straight from the parser
+        return done
+
+    def stop(self) -> None:
+        """End a push early: the reader wants no more of the body."""
+        done = self._pushed
+        if done is not None and not done.done():
+            done.set_result(False)
+        self.close()
+
+    def interrupt(self, exc: BaseException) -> None:
+        """End a push with ``exc``, a failure on the reader's side (its client left)."""
+        done = self._pushed
+        if done is not None and not done.done():
+            done.set_exception(exc)
+        self.close()
+
+    def pause(self) -> None:
+        """Stop reading the socket (the reader's client is not keeping up)."""
+        if self._conn is not None:
+            self._conn.pause()
+
+    def resume(self) -> None:
+        if self._conn is not None:
+            self._conn.resume()
+
+    def fail(self, exc: UpstreamError) -> None:
+        """End the body with ``exc``: a pending or later read raises it."""
+        if self._ended or self._exc is not None:
+            return
+        self._exc = exc
+        self._wake()
+        self.close()
+
+    def close(self) -> None:
+        """Done with this answer. A connection with any of it left unread is closed;
+        one read to its end is back in the pool already."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sink = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+
+    release = close
+
+    # -- the connection's side ----------------------------------------------------
+
+    def _wake(self) -> None:
+        done = self._pushed
+        if done is not None and not done.done():
+            if self._exc is not None:
+                done.set_exception(self._exc)
+            else:
+                done.set_result(True)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _piece(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error as exc:
+                self._broken(
+                    UpstreamProtocolError(f"upstream sent a corrupt compressed body: {exc}")
+                )
+                return
+            if not data:
+                return
+        sink = self._sink
+        if sink is not None:
+            sink(data)
+            return
+        if self._exc is not None or self._ended:
+            return
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size > _HIGH_WATER and not self._paused and self._conn is not None:
+            self._paused = True
+            self._conn.pause()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _complete(self) -> None:
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            self._decoder = None
+            if tail:
+                self._piece(tail)
+        self._ended = True
+        self._conn = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()
+
+    def _broken(self, exc: UpstreamError) -> None:
+        if self._ended or self._exc is not None:
+            return
+        self._exc = exc
+        if not self._head.done():
+            self._head.set_exception(exc)
+            self._head.exception()  # a failure before the headers is raised by send
+        self._wake()
+        self.close()
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to an upstream, answering one request at a time."""
+
+    def __init__(self, client: Client, key: tuple[str, str, int]) -> None:
+        self._client = client
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        # Where the parser's body pieces go: the answer's ``_piece``, or a push's sink.
+        self.body: Callable[[bytes], None] = _ignore
+        self.reused = False
+        self._got = False  # any byte of the current answer arrived
+        self._head_only = False
+        self._head_bytes = 0
+        self._raw_headers: list[tuple[str, str]] = []
+        self._until_close = False
+        self._reading = True
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, but they are ones.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.response
+        if resp is None:
+            # Nothing was asked: an idle connection that talks is not one to reuse.
+            self.abort()
+            return
+        self._got = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            # A callback's own refusal (a head too large) comes wrapped by the parser.
+            cause = exc.__context__
+            self._fail(
+                cause
+                if isinstance(cause, UpstreamError)
+                else UpstreamProtocolError(f"upstream sent an invalid response: {exc}")
+            )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._client.forget(self)
+        resp = self.response
+        if resp is None:
+            return
+        self._let_go()
+        if resp._head.done() and self._until_close:
+            resp._complete()  # a body framed by the connection's end has ended
+        elif not resp._head.done() and not self._got and self.reused:
+            resp._broken(_Stale("upstream closed the connection unexpectedly"))
+        elif not resp._head.done():
+            resp._broken(UpstreamProtocolError("upstream closed the connection unexpectedly"))
+        else:
+            resp._broken(
+                UpstreamProtocolError(
+                    "upstream response body is broken: the connection was lost mid-body"
+                )
+            )
+
+    def pause_writing(self) -> None:  # the request body is written in one go
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks --------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._raw_headers = []
+        self._head_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > _MAX_HEAD:
+            raise UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
+        self._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        status = self._parser.get_status_code()
+        if resp is None or 100 <= status < 200:
+            return  # 100 Continue, 103 Early Hints: the answer is still to come
+        headers = CIMultiDict(self._raw_headers)
+        resp.status = status
+        resp.headers = CIMultiDictProxy(headers)
+        ctype = headers.get("Content-Type")
+        if ctype:
+            resp.content_type = ctype.split(";", 1)[0].strip().lower()
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            resp._decoder = zlib.decompressobj(47)  # 32 + 15: zlib or gzip header
+        elif encoding not in ("", "identity"):
+            raise UpstreamProtocolError(
+                f"upstream sent a body encoded as {encoding!r}, which seamline cannot read"
+            )
+        self._until_close = (
+            "Content-Length" not in headers
+            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+            and status not in _NO_BODY
+        )
+        resp._head.set_result(None)
+        if self._head_only:
+            # httptools cannot be told that a HEAD answer has no body: end it here and
+            # do not reuse the connection.
+            self._let_go()
+            resp._complete()
+            self.abort()
+
+    def on_body(self, body: bytes) -> None:
+        self.body(body)
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        if resp is None or not resp._head.done():
+            return  # the end of a 1xx
+        self._let_go()
+        keep = self._parser.should_keep_alive() and not self.closed and not resp._exc
+        resp._complete()
+        if keep:
+            self._client.put(self)
+        else:
+            self.abort()
+
+    # -- seamline's side ------------------------------------------------------------
+
+    def start(self, resp: Response, request: bytes, head_only: bool) -> None:
+        self.response = resp
+        self.body = resp._piece
+        resp._conn = self
+        self._got = False
+        self._head_only = head_only
+        self._until_close = False
+        assert self.transport is not None
+        if not self._reading:
+            self.resume()
+        self.transport.write(request)
+
+    def _let_go(self) -> Response | None:
+        """The current answer, which this connection no longer feeds."""
+        resp, self.response = self.response, None
+        self.body = _ignore
+        return resp
+
+    def pause(self) -> None:
+        if self._reading and self.transport is not None and not self.closed:
+            self._reading = False
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self._reading and self.transport is not None and not self.closed:
+            self._reading = True
+            self.transport.resume_reading()
+
+    def _fail(self, exc: UpstreamError) -> None:
+        resp = self._let_go()
+        if resp is not None:
+            resp._broken(exc)
+        self.abort()
+
+    def abort(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        resp = self._let_go()
+        if resp is not None:
+            resp._conn = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+            self._client.forget(self)
+
+
+def _ignore(data: bytes) -> None:
+    return None
+
+
+class Client:
+    """Connections to every upstream, kept alive between requests.
+
+    No cap on connections: concurrency is limited where requests come in, and a cap
+    here would queue streams silently behind each other.
+    """
+
+    def __init__(self, keepalive: float = 30.0) -> None:
+        self._keepalive = keepalive
+        # Per upstream, its idle connections: a dict as an ordered set, so that a closing
+        # one leaves in O(1) and the most recently used one is taken first.
+        self._idle: dict[tuple[str, str, int], dict[_Conn, None]] = {}
+        self._ssl: ssl.SSLContext | None = None
+
+    def put(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.reused = True
+        self._idle.setdefault(conn.key, {})[conn] = None
+        loop = asyncio.get_running_loop()
+        conn.idle_timer = loop.call_later(self._keepalive, conn.abort)
+
+    def forget(self, conn: _Conn) -> None:
+        idle = self._idle.get(conn.key)
+        if idle:
+            idle.pop(conn, None)
+
+    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.popitem()[0]
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _connect(self, key: tuple[str, str, int], within: float) -> _Conn:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(within or None):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(self, key), host, port, ssl=context
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(f"upstream connect timed out after {within:g}s") from None
+        except ssl.SSLError as exc:
+            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {exc.reason}") from exc
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise UpstreamUnreachable(f"upstream unreachable: {reason}") from exc
+        return conn
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        connect: float,
+        head: float,
+        total: float,
+    ) -> Response:
+        """Send the request; return the answer once its headers are in.
+
+        The caller owns the answer and must ``close()`` it. ``head``: seconds to wait
+        for the headers; ``total``: seconds the whole answer may take (0: no limit).
+        """
+        target = URL(url, encoded=True)
+        scheme = target.scheme
+        if scheme not in ("http", "https") or not target.raw_host:
+            raise UpstreamUnreachable(f"upstream URL is not http(s): {scheme}://...")
+        port = target.port or (443 if scheme == "https" else 80)
+        key = (scheme, target.raw_host, port)
+        data = _serialize(method, target, port, headers, body)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + head if head else None
+        for _ in range(2):
+            conn = self._take(key)
+            if conn is None:
+                conn = await self._connect(key, connect)
+            resp = Response(loop)
+            if total:
+                resp._timer = loop.call_later(
+                    total,
+                    resp.fail,
+                    UpstreamTimeout(f"upstream did not finish within {total:g}s"),
+                )
+            conn.start(resp, data, method == "HEAD")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await resp._head
+            except TimeoutError:
+                resp.close()
+                raise UpstreamTimeout(
+                    f"upstream sent no response headers within {head:g}s"
+                ) from None
+            except UpstreamError as exc:
+                resp.close()
+                if isinstance(exc, _Stale):
+                    continue
+                raise
+            except BaseException:
+                resp.close()
+                raise
+            return resp
+        raise UpstreamProtocolError("upstream closed the connection unexpectedly")
+
+    def close(self) -> None:
+        for conns in list(self._idle.values()):
+            for conn in list(conns):
+                conn.abort()
+        self._idle.clear()
+
+
+def _serialize(method: str, url: URL, port: int, headers: Mapping[str, str], body: bytes) -> bytes:
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port != (443 if url.scheme == "https" else 80):
+        host = f"{host}:{port}"
+    lines = [f"{method} {url.raw_path_qs} HTTP/1.1"]
+    if "Host" not in headers:
+        lines.append(f"Host: {host}")
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise UpstreamError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}")
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+    return head + body if body else head
