@@ -208,7 +208,7 @@ class Pool:
     # --- time helpers ----------------------------------------------------------
 
     def _roll_day(self, st: AccountState, now: float) -> None:
-        start = last_reset(st.limits, now)
+        start = _day_start(st.limits, now)
         if st.day_start != start:
             st.day_start = start
             st.day_requests = 0
@@ -453,6 +453,21 @@ def _iso(ts: float, now: float) -> str | None:
     if ts <= now:
         return None
     return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+# (time zone, hour, minute) -> the quota day holding the latest ``now`` asked about.
+_DAYS: dict[tuple[str, int, int], tuple[float, float]] = {}
+
+
+def _day_start(lim: Limits, now: float) -> float:
+    """``last_reset``, remembered for the day it starts: the time-zone arithmetic is
+    too slow to run several times per request."""
+    key = (lim.reset_tz, lim.reset_hour, lim.reset_minute)
+    day = _DAYS.get(key)
+    if day is None or not day[0] <= now < day[1]:
+        day = (last_reset(lim, now), next_reset(lim, now))
+        _DAYS[key] = day
+    return day[0]
 
 
 def last_reset(lim: Limits, now: float) -> float:

@@ -230,9 +230,16 @@ async def relay_stream(
         return shaper.render(reframer.feed(chunk))
 
     def pushed(chunk: bytes) -> None:
-        # The hot path: inside the upstream's socket callback, no task switch.
+        # The hot path: inside the upstream's socket callback, no task switch; what
+        # ``convert`` does, written out again to save a call per event.
         try:
-            out = convert(chunk)
+            client.last_read = watch.last = loop.time()
+            if log is not None:
+                log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
+            if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
+                out = chunk
+            else:
+                out = shaper.render(reframer.feed(chunk))
             if out:
                 client.write_now(out, upstream)
             if shaper.done:
@@ -255,6 +262,7 @@ async def relay_stream(
                     # Nothing may follow [DONE]: end the client's stream now, not when the
                     # upstream closes; clients that read to the end would wait for it.
                     ended = False
+                    upstream.let_finish()
                     break
                 if client.prepared and not upstream.buffered():
                     # The headers are out: from here on every read is pushed.
@@ -400,7 +408,10 @@ async def collect_stream(
             if size > limit:
                 raise UpstreamError(f"upstream response exceeds {limit} bytes")
             _aggregate(shaper.render(reframer.feed(chunk)), agg)
-            if shaper.errored or shaper.done:
+            if shaper.done:
+                upstream.let_finish()
+                break
+            if shaper.errored:
                 break
             chunk = await upstream.read()
         else:

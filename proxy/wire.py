@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -30,6 +29,7 @@ _MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
 # Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
 _HIGH_WATER = 0x20000
 _NO_BODY = frozenset({204, 304})
+_GRACE = 1.0  # seconds a let-go body has to end for its connection to be kept
 
 
 class _Stale(UpstreamProtocolError):
@@ -43,6 +43,7 @@ class Response:
     __slots__ = (
         "_conn",
         "_decoder",
+        "_draining",
         "_ended",
         "_exc",
         "_head",
@@ -63,10 +64,11 @@ class Response:
         self._loop = loop
         self._head: asyncio.Future[None] = loop.create_future()
         self._conn: _Conn | None = None
-        self._pieces: deque[bytes] = deque()
+        self._pieces: list[bytes] = []  # a deque's first block alone is 600 bytes
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._ended = False  # the body is complete (or the reader stopped it)
+        self._ended = False  # the body is complete
+        self._draining = False  # the reader let go; the rest is read and dropped
         self._exc: UpstreamError | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._pushed: asyncio.Future[bool] | None = None
@@ -127,6 +129,29 @@ class Response:
         done = self._pushed
         if done is not None and not done.done():
             done.set_result(False)
+        self.let_finish()
+
+    def let_finish(self) -> None:
+        """The reader wants no more of the body: drop the rest as it arrives, and keep
+        the connection if the body ends within a moment (after a [DONE] only the
+        chunked encoding's last chunk is still to come), else close it."""
+        conn = self._conn
+        self._sink = None
+        if conn is None or self._ended or self._exc is not None or self._draining:
+            self.close()
+            return
+        self._draining = True
+        self._decoder = None
+        self._pieces.clear()
+        conn.body = _ignore
+        conn.resume()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(_GRACE, self._give_up)
+
+    def _give_up(self) -> None:
+        self._timer = None
+        self._draining = False
         self.close()
 
     def interrupt(self, exc: BaseException) -> None:
@@ -156,6 +181,8 @@ class Response:
     def close(self) -> None:
         """Done with this answer. A connection with any of it left unread is closed;
         one read to its end is back in the pool already."""
+        if self._draining:
+            return  # ``let_finish`` decides
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -212,6 +239,7 @@ class Response:
             if tail:
                 self._piece(tail)
         self._ended = True
+        self._draining = False
         self._conn = None
         if self._timer is not None:
             self._timer.cancel()
@@ -231,6 +259,24 @@ class Response:
 
 class _Conn(asyncio.Protocol):
     """One keep-alive connection to an upstream, answering one request at a time."""
+
+    __slots__ = (
+        "_client",
+        "_got",
+        "_head_bytes",
+        "_head_only",
+        "_parser",
+        "_raw_headers",
+        "_reading",
+        "_until_close",
+        "body",
+        "closed",
+        "idle_timer",
+        "key",
+        "response",
+        "reused",
+        "transport",
+    )
 
     def __init__(self, client: Client, key: tuple[str, str, int]) -> None:
         self._client = client
@@ -315,9 +361,10 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         resp = self.response
         status = self._parser.get_status_code()
+        raw, self._raw_headers = self._raw_headers, []
         if resp is None or 100 <= status < 200:
             return  # 100 Continue, 103 Early Hints: the answer is still to come
-        headers = CIMultiDict(self._raw_headers)
+        headers = CIMultiDict(raw)
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
         ctype = headers.get("Content-Type")
