@@ -124,6 +124,8 @@ class Reframer:
         self._event_bytes = 0
         # Total bytes searched for line ends: lets tests prove the work is linear.
         self.bytes_scanned = 0
+        # Between events: nothing buffered, no line end or BOM half-seen, no fields.
+        self.idle = False
 
     def feed(self, data: bytes) -> list[Item]:
         """Take one read's bytes; return the events and comments it completed.
@@ -137,7 +139,13 @@ class Reframer:
         except EventTooLarge as exc:
             exc.completed = out
             raise
+        finally:
+            self._settle()
         return out
+
+    def _settle(self) -> None:
+        # A plain attribute, not a property: the relay asks it for every read.
+        self.idle = not (self._buf or self._fields or self._skip_lf or self._at_start)
 
     def _feed(self, data: bytes, out: list[Item]) -> None:
         buf = self._buf
@@ -191,12 +199,8 @@ class Reframer:
             self._buf.clear()
             self._scanned_to = 0
         self._dispatch(out)
+        self._settle()
         return out
-
-    @property
-    def idle(self) -> bool:
-        """Between events: nothing buffered, no line end or BOM half-seen, no fields."""
-        return not (self._buf or self._fields or self._skip_lf or self._at_start)
 
     @property
     def pending(self) -> bool:

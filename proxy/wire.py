@@ -171,12 +171,9 @@ class Response:
             self._conn.resume()
 
     def fail(self, exc: UpstreamError) -> None:
-        """End the body with ``exc``: a pending or later read raises it."""
-        if self._ended or self._exc is not None:
-            return
-        self._exc = exc
-        self._wake()
-        self.close()
+        """End the answer with ``exc``: ``request`` raises it if the headers are still
+        to come (a ``total`` shorter than ``head``), else a pending or later read."""
+        self._broken(exc)
 
     def close(self) -> None:
         """Done with this answer. A connection with any of it left unread is closed;
@@ -261,6 +258,7 @@ class _Conn(asyncio.Protocol):
     """One keep-alive connection to an upstream, answering one request at a time."""
 
     __slots__ = (
+        "_before_head",
         "_client",
         "_got",
         "_head_bytes",
@@ -288,6 +286,8 @@ class _Conn(asyncio.Protocol):
         self.body: Callable[[bytes], None] = _ignore
         self.reused = False
         self._got = False  # any byte of the current answer arrived
+        # Bytes of the current answer received while its head is still to end; -1 after.
+        self._before_head = 0
         self._head_only = False
         self._head_bytes = 0
         self._raw_headers: list[tuple[str, str]] = []
@@ -319,6 +319,15 @@ class _Conn(asyncio.Protocol):
                 if isinstance(cause, UpstreamError)
                 else UpstreamProtocolError(f"upstream sent an invalid response: {exc}")
             )
+            return
+        if self._before_head >= 0:
+            # ``on_header`` only sees a field once it ends: a head that keeps growing
+            # without ending is refused here.
+            self._before_head += len(data)
+            if self._before_head > _MAX_HEAD:
+                self._fail(
+                    UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -349,6 +358,9 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.response is None:
+            # More bytes after the answer, in the same read: not a connection to reuse.
+            self.abort()
         self._raw_headers = []
         self._head_bytes = 0
 
@@ -365,6 +377,7 @@ class _Conn(asyncio.Protocol):
         if resp is None or 100 <= status < 200:
             return  # 100 Continue, 103 Early Hints: the answer is still to come
         headers = CIMultiDict(raw)
+        self._before_head = -1
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
         ctype = headers.get("Content-Type")
@@ -412,6 +425,7 @@ class _Conn(asyncio.Protocol):
         self.body = resp._piece
         resp._conn = self
         self._got = False
+        self._before_head = 0
         self._head_only = head_only
         self._until_close = False
         assert self.transport is not None

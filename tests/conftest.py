@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import openai
 import pytest
+import uvloop
 from aiohttp import web
 
 from proxy import config as cfg
@@ -179,3 +180,16 @@ async def collect(base_url: str, **kw: Any) -> list[Any]:
 
 def text_of(chunks: list[Any]) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+# Modules whose tests also run on uvloop, the loop seamline serves on: their code
+# works the transports directly, and uvloop's differ from asyncio's.
+_BOTH_LOOPS = frozenset({"test_wire.py"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name in _BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}

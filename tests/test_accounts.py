@@ -6,8 +6,10 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
-from proxy.accounts import Block, Limits, Pool, Strategy, last_reset, next_reset
+from proxy.accounts import Block, Limits, Pool, Strategy, _day_start, last_reset, next_reset
 from proxy.health import Verdict, classify, parse_retry_after
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
@@ -229,3 +231,25 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("Sun, 22 Nov 2026 12:01:00 GMT", T0) == 60
     assert parse_retry_after("garbage", T0) is None
     assert parse_retry_after(None, T0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hs.lists(
+        hs.tuples(
+            hs.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
+            hs.integers(0, 23),
+            hs.sampled_from([0, 30]),
+            # Around the 2026 DST changes and beyond, in any order.
+            hs.floats(1_774_000_000, 1_800_000_000, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_remembered_quota_day_is_always_the_computed_one(
+    asks: list[tuple[str, int, int, float]],
+) -> None:
+    for tz, hour, minute, now in asks:
+        lim = Limits("a", reset_tz=tz, reset_hour=hour, reset_minute=minute)
+        assert _day_start(lim, now) == last_reset(lim, now)

@@ -679,11 +679,15 @@ _FAST_PIECES = st.sampled_from(
 def test_fast_path_is_indistinguishable_from_the_full_path(
     reads: list[list[bytes]], strip_usage: bool
 ) -> None:
-    chunks = [b"".join(r) for r in reads]
+    _assert_fast_is_full([b"", *(b"".join(r) for r in reads)], strip_usage)
+
+
+def _assert_fast_is_full(chunks: list[bytes], strip_usage: bool) -> None:
+    """The relay's loop, with and without the fast path, gives the same bytes and state."""
     fast, full = OpenAIShaper(strip_usage=strip_usage), OpenAIShaper(strip_usage=strip_usage)
     rf, rs = Reframer(), Reframer()
     out_fast = out_full = b""
-    for c in [b"", *chunks]:
+    for c in chunks:
         if rf.idle and fast.passthrough(c):
             out_fast += c
         else:
@@ -692,7 +696,12 @@ def test_fast_path_is_indistinguishable_from_the_full_path(
     out_fast += fast.render(rf.close()) + fast.finish()
     out_full += full.render(rs.close()) + full.finish()
     assert out_fast == out_full
-    assert (fast.events, fast.finished, fast.done) == (full.events, full.finished, full.done)
+    assert (fast.events, fast.finished, fast.done, fast.usage) == (
+        full.events,
+        full.finished,
+        full.done,
+        full.usage,
+    )
 
 
 def test_fast_path_sees_a_usage_object_after_a_null_usage_in_one_read() -> None:
@@ -706,3 +715,42 @@ def test_fast_path_sees_a_usage_object_after_a_null_usage_in_one_read() -> None:
     assert not shaper.passthrough(chunk)
     out = shaper.render(Reframer().feed(chunk))
     assert b"prompt_tokens" not in out and b'"content":"x"' in out
+
+
+_SHAPES = [
+    b'data: {"id":"c1","choices":[{"delta":{"content":"%b"},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c1","choices":[{"delta":{"reasoning_content":"%b"}}],"usage":null}\n\n',
+    b'data: {"id":"c1","choices":[{"delta":{"content":"%b"},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2},"x":"%b"}\n\n',
+    b'data: {"error":{"message":"%b"}}\n\n',
+    b'data: {"choices":[{"delta":{"content":"%b"}}]}\r\n\r\n',
+]
+_TEXTS = st.one_of(
+    st.text(max_size=12).map(lambda t: t.encode()),
+    st.lists(
+        st.sampled_from([b"a", b'"', b"\\", b"\n", b"\r", b"\xff", b"\xc3\xa9", b"error", b"}"]),
+        max_size=6,
+    ).map(b"".join),
+    st.sampled_from([b'"}]}\n\ndata: {"error":{"message":"x"}}\n\n', b"[DONE]", b"usage"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_SHAPES), _TEXTS), min_size=1, max_size=12))
+def test_fast_path_template_is_indistinguishable_from_the_full_path(
+    reads: list[tuple[bytes, bytes]],
+) -> None:
+    # Runs of one event shape with only its text changing: the template shortcut's case,
+    # including texts that would change the shape (quotes, backslashes, line ends).
+    _assert_fast_is_full([shape % text for shape, text in reads], strip_usage=True)
+
+
+def test_fast_path_template_takes_the_next_event_of_the_same_shape() -> None:
+    shaper = OpenAIShaper()
+    first = b'data: {"choices":[{"delta":{"content":"Hel"},"finish_reason":null}]}\n\n'
+    assert shaper.passthrough(first)
+    assert shaper._template is not None
+    assert shaper.passthrough(first.replace(b"Hel", b"lo, w\xc3\xb6rld"))
+    # A quote in the new text changes the shape: the full check decides, and refuses.
+    assert not shaper.passthrough(first.replace(b"Hel", b'x"}]}\n\ndata: {"error":1'))
+    assert shaper.events == 2

@@ -1,0 +1,931 @@
+"""proxy.wire against a real loopback upstream that writes exact bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+import socket
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Protocol
+
+import pytest
+
+from proxy import wire
+from proxy.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunks(*pieces: bytes) -> bytes:
+    """``pieces`` in the chunked encoding, without the last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+
+
+def split(data: bytes, parts: int) -> list[bytes]:
+    size = -(-len(data) // parts)
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,
+}
+
+
+# -- the upstream -------------------------------------------------------------------
+
+
+class Peer:
+    """One connection the upstream accepted: requests are read off it, exact bytes
+    written to it, and it notes when the client closes it."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.upstream = upstream
+        self.index = index  # the order it was accepted in
+        self.reader = reader
+        self.writer = writer
+        self.eof = asyncio.Event()
+
+    async def request(self) -> bytes:
+        """The next request's raw bytes (its head, then a Content-Length body); b"" once
+        the client closed the connection."""
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.eof.set()
+            return b""
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        raw = head + await self.reader.readexactly(length)
+        self.upstream.requests.append(raw)
+        return raw
+
+    async def send(self, *pieces: bytes, pause: float = 0.0) -> None:
+        """Write each piece on its own, with ``pause`` seconds after each."""
+        for piece in pieces:
+            self.writer.write(piece)
+            await self.writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def until_closed(self) -> None:
+        """Say nothing more: wait for the client to close the connection."""
+        try:
+            while await self.reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        self.eof.set()
+
+    async def closed(self, within: float = 2.0) -> bool:
+        """Whether the client closes the connection within ``within`` seconds (the
+        handler must be reading it, with ``request()`` or ``until_closed()``)."""
+        try:
+            await asyncio.wait_for(self.eof.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+Handler = Callable[[Peer], Coroutine[Any, Any, None]]
+
+
+class Upstream:
+    """A loopback HTTP server: every connection it accepts runs ``handler``. It keeps
+    each connection (``peers``) and the raw bytes of every request it read."""
+
+    def __init__(self, handler: Handler, host: str) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = 0
+        self.peers: list[Peer] = []
+        self.requests: list[bytes] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def url(self, target: str = "/v1/x") -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{target}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A plain callback, so that the handler runs as a task of our own, which the
+        # teardown cancels and whose failure it reports.
+        peer = Peer(self, len(self.peers), reader, writer)
+        self.peers.append(peer)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.handler(peer)))
+
+    async def stop(self) -> list[BaseException]:
+        """Stop serving and close every connection; return how handlers failed."""
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in self.peers:
+            peer.close()
+        await self._server.wait_closed()
+        # The client going away mid-write is a handler's normal end.
+        return [
+            r for r in results if isinstance(r, Exception) and not isinstance(r, ConnectionError)
+        ]
+
+
+async def answer(peer: Peer, *responses: bytes) -> None:
+    """Answer each request on ``peer`` with the next of ``responses``, the last one
+    repeated, until the client closes the connection."""
+    n = 0
+    while await peer.request():
+        await peer.send(responses[min(n, len(responses) - 1)])
+        n += 1
+
+
+def answering(*responses: bytes) -> Handler:
+    return lambda peer: answer(peer, *responses)
+
+
+class Serve(Protocol):
+    def __call__(self, handler: Handler, host: str = ...) -> Awaitable[Upstream]: ...
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start an :class:`Upstream` running a handler; each is stopped after the test,
+    and a handler that failed fails the test."""
+    upstreams: list[Upstream] = []
+
+    async def _serve(handler: Handler, host: str = "127.0.0.1") -> Upstream:
+        up = Upstream(handler, host)
+        await up.start()
+        upstreams.append(up)
+        return up
+
+    yield _serve
+    failures = [exc for up in upstreams for exc in await up.stop()]
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[wire.Client]:
+    c = wire.Client()
+    yield c
+    c.close()
+
+
+# -- the client's side ----------------------------------------------------------------
+
+
+async def call(
+    client: wire.Client,
+    url: str,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+    *,
+    head: float = 5.0,
+    total: float = 0.0,
+) -> wire.Response:
+    return await client.request(
+        method, url, headers or {}, body, connect=5.0, head=head, total=total
+    )
+
+
+async def read_all(resp: wire.Response) -> bytes:
+    parts: list[bytes] = []
+    async with asyncio.timeout(5):
+        while piece := await resp.read():
+            parts.append(piece)
+    return b"".join(parts)
+
+
+async def fetch(
+    client: wire.Client,
+    url: str,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: Mapping[str, str] | None = None,
+) -> tuple[wire.Response, bytes]:
+    """One whole exchange: the answer and its body, the answer closed."""
+    resp = await call(client, url, method, body, headers)
+    try:
+        return resp, await read_all(resp)
+    finally:
+        resp.close()
+
+
+# -- connections and the pool ---------------------------------------------------------
+
+
+async def test_sequential_requests_share_one_kept_alive_connection(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await serve(answering(OK))
+    for _ in range(3):
+        resp, body = await fetch(client, up.url())
+        assert (resp.status, body) == (200, b"ok")
+    assert len(up.requests) == 3
+    assert len(up.peers) == 1
+
+
+async def test_concurrent_requests_each_get_a_connection_and_both_are_kept(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await serve(answering(OK))
+    for _ in range(2):
+        answers = await asyncio.gather(fetch(client, up.url()), fetch(client, up.url()))
+        assert [body for _, body in answers] == [b"ok", b"ok"]
+    assert len(up.requests) == 4
+    assert len(up.peers) == 2
+
+
+@pytest.mark.parametrize("when", ["noticed while idle", "unnoticed until the next request"])
+async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
+    serve: Serve, client: wire.Client, when: str
+) -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await answer(peer, OK)
+            return
+        await peer.request()
+        await peer.send(OK)
+        if when == "unnoticed until the next request":
+            # The race a pool cannot see coming: the upstream's idle timeout fires
+            # just as the request goes out.
+            await peer.request()
+        peer.close()
+
+    up = await serve(handler)
+    await fetch(client, up.url())
+    await asyncio.sleep(0.05)
+    resp, body = await fetch(client, up.url(), "POST", b'{"n":2}')
+    assert (resp.status, body) == (200, b"ok")
+    assert len(up.peers) == 2
+    assert up.requests[-1].endswith(b'{"n":2}')
+    if when == "unnoticed until the next request":
+        assert up.requests[1] == up.requests[2]  # the same request, sent again whole
+
+
+async def test_client_close_closes_idle_connections(serve: Serve, client: wire.Client) -> None:
+    up = await serve(answering(OK))
+    await fetch(client, up.url())
+    assert not await up.peers[0].closed(within=0.1)  # kept for the next request
+    client.close()
+    assert await up.peers[0].closed()
+
+
+async def test_idle_connection_is_closed_after_the_keepalive(serve: Serve) -> None:
+    up = await serve(answering(OK))
+    client = wire.Client(keepalive=0.1)
+    try:
+        await fetch(client, up.url())
+        assert await up.peers[0].closed()
+        _, body = await fetch(client, up.url())
+    finally:
+        client.close()
+    assert body == b"ok"
+    assert len(up.peers) == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "reused"),
+    [
+        pytest.param(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", False, id="http/1.0"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            False,
+            id="connection-close",
+        ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            True,
+            id="http/1.0-keep-alive",
+        ),
+    ],
+)
+async def test_connection_is_reused_only_when_the_answer_allows_it(
+    serve: Serve, client: wire.Client, response: bytes, reused: bool
+) -> None:
+    up = await serve(answering(response))
+    for _ in range(2):
+        _, body = await fetch(client, up.url())
+        assert body == b"ok"
+    assert len(up.peers) == (1 if reused else 2)
+    if not reused:
+        assert await up.peers[0].closed()
+
+
+async def test_answer_closed_before_its_end_is_not_reused(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await answer(peer, OK)
+            return
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    assert await resp.read() == b"hello"
+    resp.close()
+    assert await up.peers[0].closed()
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 2
+
+
+async def test_idle_connection_that_talks_is_not_reused(serve: Serve, client: wire.Client) -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await answer(peer, OK)
+            return
+        await peer.request()
+        await peer.send(OK)
+        await asyncio.sleep(0.05)
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+        await peer.until_closed()
+
+    up = await serve(handler)
+    await fetch(client, up.url())
+    assert await up.peers[0].closed()
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 2
+
+
+async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await answer(peer, OK)
+            return
+        await peer.request()
+        # An upstream that miscounts: more follows the answer, in the same packet.
+        await peer.send(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+        await peer.until_closed()
+
+    up = await serve(handler)
+    await fetch(client, up.url())
+    assert await up.peers[0].closed()
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (200, b"ok")
+    assert len(up.peers) == 2
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "then_close"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world", False, id="length"
+        ),
+        pytest.param(CHUNKED + chunks(b"hello", b" ", b"world") + LAST_CHUNK, False, id="chunked"),
+        pytest.param(
+            CHUNKED + chunks(b"hello world") + b"0\r\nX-Checksum: 1\r\n\r\n",
+            False,
+            id="chunked-with-trailer",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\n\r\nhello world", True, id="until-close"),
+        pytest.param(b"HTTP/1.0 200 OK\r\n\r\nhello world", True, id="http/1.0-until-close"),
+    ],
+)
+async def test_body_is_read_whole(
+    serve: Serve, client: wire.Client, response: bytes, then_close: bool
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(*split(response, 3), pause=0.01)
+        if then_close:
+            peer.close()
+        else:
+            await answer(peer, OK)  # the connection goes on
+
+    up = await serve(handler)
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (200, b"hello world")
+    if not then_close:
+        _, body = await fetch(client, up.url())
+        assert body == b"ok"
+        assert len(up.peers) == 1
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+async def test_chunked_body_written_a_byte_at_a_time_arrives_intact(
+    serve: Serve, client: wire.Client, encoding: str
+) -> None:
+    data = b"".join(b'data: {"n": %d}\n\n' % i for i in range(8))
+    sent = data if encoding == "identity" else gzip.compress(data)
+    response = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: %s\r\n\r\n"
+        % encoding.encode()
+        + chunks(*split(sent, 4))
+        + LAST_CHUNK
+    )
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(*(response[i : i + 1] for i in range(len(response))), pause=0.001)
+        await peer.until_closed()
+
+    up = await serve(handler)
+    _, body = await fetch(client, up.url())
+    assert body == data
+
+
+async def test_headers_keep_every_value_and_the_media_type_is_plain(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await serve(
+        answering(
+            b"HTTP/1.1 201 Created\r\nContent-Type: Text/Event-Stream; charset=utf-8\r\n"
+            b"X-Multi: a\r\nx-multi: b\r\nContent-Length: 0\r\n\r\n"
+        )
+    )
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (201, b"")
+    assert resp.content_type == "text/event-stream"
+    assert resp.headers.getall("X-Multi") == ["a", "b"]
+
+
+@pytest.mark.parametrize("encoding", sorted(COMPRESS))
+async def test_compressed_body_is_inflated(
+    serve: Serve, client: wire.Client, encoding: str
+) -> None:
+    data = b"".join(b"data: event %d\n\n" % i for i in range(500))
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+        % encoding.encode()
+        + chunks(*split(COMPRESS[encoding](data), 5))
+        + LAST_CHUNK
+    )
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(*split(response, 5), pause=0.005)
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    _, body = await fetch(client, up.url())
+    assert body == data
+    _, body = await fetch(client, up.url())  # and the connection goes on
+    assert body == b"ok"
+    assert len(up.peers) == 1
+
+
+async def test_unknown_content_encoding_is_refused_by_name(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await serve(
+        answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc")
+    )
+    with pytest.raises(UpstreamProtocolError, match="'br'"):
+        await call(client, up.url())
+
+
+async def test_corrupt_compressed_body_breaks_the_read(serve: Serve, client: wire.Client) -> None:
+    up = await serve(
+        answering(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 12\r\n\r\nnot gzip!!!!"
+        )
+    )
+    resp = await call(client, up.url())
+    with pytest.raises(UpstreamProtocolError, match="corrupt compressed body"):
+        await read_all(resp)
+    resp.close()
+
+
+async def test_interim_answers_are_skipped(serve: Serve, client: wire.Client) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok",
+            pause=0.01,
+        )
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (200, b"ok")
+    assert resp.headers["X-Final"] == "yes"
+    assert "Link" not in resp.headers
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 1
+
+
+async def test_head_answer_with_a_length_completes_without_a_body(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp, body = await fetch(client, up.url(), "HEAD")
+    assert (resp.status, body) == (200, b"")
+    assert resp.headers["Content-Length"] == "1234"
+    assert up.requests[0].startswith(b"HEAD /v1/x HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_bodiless_status_completes_and_keeps_the_connection(
+    serve: Serve, client: wire.Client, status: bytes
+) -> None:
+    up = await serve(answering(b"HTTP/1.1 %s\r\n\r\n" % status))
+    for _ in range(2):
+        resp, body = await fetch(client, up.url())
+        assert (resp.status, body) == (int(status[:3]), b"")
+    assert len(up.peers) == 1
+
+
+# -- pushed bodies --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+async def test_push_hands_over_every_piece_in_order_and_ends_true(
+    serve: Serve, client: wire.Client, encoding: str
+) -> None:
+    pieces = [b"data: %d\n\n" % i for i in range(20)]
+    data = b"".join(pieces)
+    framed = chunks(*pieces) if encoding == "identity" else chunks(*split(gzip.compress(data), 6))
+    go = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: %s\r\n\r\n"
+            % encoding.encode()
+        )
+        await go.wait()  # the body only once the push is set up
+        await peer.send(*split(framed, 10), LAST_CHUNK, pause=0.005)
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    assert not resp.buffered()
+    got: list[bytes] = []
+    done = resp.push(got.append)
+    go.set()
+    assert await asyncio.wait_for(done, 5) is True
+    assert b"".join(got) == data
+    assert all(got)
+    assert await resp.push(got.append) is True  # a push on an ended answer ends at once
+    resp.close()
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 1
+
+
+async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
+    serve: Serve, client: wire.Client
+) -> None:
+    go, rest = asyncio.Event(), asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED)
+        await go.wait()
+        await peer.send(chunks(b"data: [DONE]\n\n"))
+        await rest.wait()
+        await peer.send(chunks(b"dropped"), LAST_CHUNK)
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    got: list[bytes] = []
+
+    def sink(piece: bytes) -> None:
+        got.append(piece)
+        resp.stop()
+
+    done = resp.push(sink)
+    go.set()
+    assert await asyncio.wait_for(done, 5) is False
+    rest.set()
+    await asyncio.sleep(0.2)  # well within the grace the rest has to arrive
+    resp.close()
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert got == [b"data: [DONE]\n\n"]
+    assert len(up.peers) == 1
+
+
+async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
+    serve: Serve, client: wire.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "_GRACE", 0.1)
+    go = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await answer(peer, OK)
+            return
+        await peer.request()
+        await peer.send(CHUNKED)
+        await go.wait()
+        await peer.send(chunks(b"data: [DONE]\n\n"))
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    done = resp.push(lambda piece: resp.stop())
+    go.set()
+    assert await asyncio.wait_for(done, 5) is False
+    assert await up.peers[0].closed()
+    resp.close()
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 2
+
+
+async def test_interrupt_ends_the_push_with_the_readers_error(
+    serve: Serve, client: wire.Client
+) -> None:
+    go = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED)
+        await go.wait()
+        await peer.send(chunks(b"one"), chunks(b"two"), pause=0.01)
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    got: list[bytes] = []
+
+    def sink(piece: bytes) -> None:
+        got.append(piece)
+        resp.interrupt(ConnectionResetError("the client left"))
+
+    done = resp.push(sink)
+    go.set()
+    with pytest.raises(ConnectionResetError, match="the client left"):
+        await asyncio.wait_for(done, 5)
+    assert got == [b"one"]
+    assert await up.peers[0].closed()
+
+
+# -- pulled bodies --------------------------------------------------------------------
+
+
+async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
+    serve: Serve, client: wire.Client
+) -> None:
+    data = random.Random(7).randbytes(4 * 1024 * 1024)
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(data))
+        await peer.send(*split(data, 64))
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    parts: list[bytes] = []
+    async with asyncio.timeout(20):
+        while piece := await resp.read():
+            parts.append(piece)
+            await asyncio.sleep(0.005)
+    resp.close()
+    assert b"".join(parts) == data
+    # Reading stops past the high-water mark: at most one socket read more comes in.
+    assert max(map(len, parts)) <= wire._HIGH_WATER + 256 * 1024
+
+
+# -- failures -------------------------------------------------------------------------
+
+
+async def test_response_head_over_64_kib_is_refused(serve: Serve, client: wire.Client) -> None:
+    big = b"a" * (wire._MAX_HEAD + 1)
+    up = await serve(answering(b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 0\r\n\r\n" % big))
+    with pytest.raises(UpstreamProtocolError, match="exceeds"):
+        await call(client, up.url())
+
+
+async def test_many_headers_over_64_kib_are_refused(serve: Serve, client: wire.Client) -> None:
+    fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(700))
+    up = await serve(answering(b"HTTP/1.1 200 OK\r\n%s\r\n" % fields))
+    with pytest.raises(UpstreamProtocolError, match="exceeds"):
+        await call(client, up.url())
+
+
+async def test_response_head_that_grows_past_64_kib_without_ending_is_refused(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nX-Big: ", *[b"a" * 8192] * 16)
+        await peer.until_closed()
+
+    up = await serve(handler)
+    with pytest.raises(UpstreamProtocolError, match="exceeds"):
+        await call(client, up.url(), head=3.0)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 2xx OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+    ],
+)
+async def test_garbage_instead_of_http_is_a_protocol_error(
+    serve: Serve, client: wire.Client, response: bytes
+) -> None:
+    up = await serve(answering(response))
+    with pytest.raises(UpstreamProtocolError, match="invalid response"):
+        await call(client, up.url())
+
+
+@pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\nContent-Le"])
+async def test_upstream_closing_before_the_headers_is_a_protocol_error(
+    serve: Serve, client: wire.Client, sent: bytes
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(sent)
+        peer.close()
+
+    up = await serve(handler)
+    with pytest.raises(UpstreamProtocolError, match="closed the connection unexpectedly"):
+        await call(client, up.url())
+    assert len(up.peers) == 1  # a new connection's failure is not retried
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param(CHUNKED + chunks(b"hello"), id="chunked"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello", id="length"),
+    ],
+)
+async def test_upstream_closing_mid_body_breaks_the_read(
+    serve: Serve, client: wire.Client, response: bytes
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(response)
+        peer.close()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    got: list[bytes] = []
+    with pytest.raises(UpstreamProtocolError, match="body is broken"):
+        while piece := await resp.read():
+            got.append(piece)
+    resp.close()
+    assert got == [b"hello"]
+
+
+async def test_refused_connection_is_unreachable(client: wire.Client) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
+        port = sock.getsockname()[1]
+        with pytest.raises(UpstreamUnreachable):
+            await call(client, f"http://127.0.0.1:{port}/v1/x")
+
+
+async def test_url_that_is_not_http_is_unreachable(client: wire.Client) -> None:
+    with pytest.raises(UpstreamUnreachable, match="not http"):
+        await call(client, "ftp://127.0.0.1/v1/x")
+
+
+async def test_no_headers_in_time_is_a_timeout_and_closes_the_connection(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.until_closed()
+
+    up = await serve(handler)
+    with pytest.raises(UpstreamTimeout, match=r"no response headers within 0\.2s"):
+        await call(client, up.url(), head=0.2)
+    assert await up.peers[0].closed()
+
+
+async def test_body_longer_than_the_total_is_a_timeout(serve: Serve, client: wire.Client) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED + chunks(b"hello"))
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url(), total=0.3)
+    assert await resp.read() == b"hello"
+    with pytest.raises(UpstreamTimeout, match=r"did not finish within 0\.3s"):
+        await read_all(resp)
+    resp.close()
+    assert await up.peers[0].closed()
+
+
+async def test_total_deadline_holds_while_waiting_for_the_headers(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.until_closed()
+
+    up = await serve(handler)
+    async with asyncio.timeout(3):
+        with pytest.raises(UpstreamTimeout, match=r"did not finish within 0\.3s"):
+            await call(client, up.url(), head=0, total=0.3)  # head 0: no limit of its own
+    assert await up.peers[0].closed()
+
+
+async def test_cancelled_request_closes_its_connection(serve: Serve, client: wire.Client) -> None:
+    asked = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        asked.set()
+        await peer.until_closed()
+
+    up = await serve(handler)
+    task = asyncio.create_task(call(client, up.url()))
+    await asyncio.wait_for(asked.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await up.peers[0].closed()
+
+
+# -- the request ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-A": "1\r\nX-Injected: 1"}, {"X-A": "1\nX-B: 2"}, {"X-A\r\nX-B": "1"}],
+)
+async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
+    serve: Serve, client: wire.Client, headers: dict[str, str]
+) -> None:
+    up = await serve(answering(OK))
+    with pytest.raises(UpstreamError, match="line break"):
+        await call(client, up.url(), "POST", b"{}", headers)
+    await fetch(client, up.url())
+    assert len(up.peers) == 1
+    assert up.requests == [b"GET /v1/x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % up.port]
+
+
+async def test_request_bytes_are_exactly_what_was_asked(serve: Serve, client: wire.Client) -> None:
+    up = await serve(answering(OK))
+    headers = {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}
+    await fetch(client, up.url("/v1/a%2Fb?x=%3F&y=a+b"), "POST", b'{"a":1}', headers)
+    await fetch(client, up.url("/v1/models"), "POST")
+    await fetch(client, up.url("/v1/models"), "GET", b"", {"Host": "api.example"})
+    host = b"Host: 127.0.0.1:%d\r\n" % up.port
+    assert up.requests == [
+        b"POST /v1/a%2Fb?x=%3F&y=a+b HTTP/1.1\r\n"
+        + host
+        + b"Authorization: Bearer sk-1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 7\r\n\r\n{"a":1}',
+        b"POST /v1/models HTTP/1.1\r\n" + host + b"Content-Length: 0\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: api.example\r\n\r\n",
+    ]
+
+
+async def test_host_header_of_an_ipv6_upstream_is_bracketed(
+    serve: Serve, client: wire.Client
+) -> None:
+    try:
+        up = await serve(answering(OK), "::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert b"\r\nHost: [::1]:%d\r\n" % up.port in up.requests[0]
