@@ -14,6 +14,8 @@ Every failure comes out as a :mod:`proxy.errors` ``UpstreamError``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 import zlib
 from collections.abc import Callable, Mapping
@@ -29,6 +31,7 @@ _MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
 # Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
 _HIGH_WATER = 0x20000
 _NO_BODY = frozenset({204, 304})
+_DNS_TTL = 300.0  # seconds an upstream host's looked-up addresses are used
 _GRACE = 1.0  # seconds a let-go body has to end for its connection to be kept
 
 
@@ -485,6 +488,8 @@ class Client:
         # one leaves in O(1) and the most recently used one is taken first.
         self._idle: dict[tuple[str, str, int], dict[_Conn, None]] = {}
         self._ssl: ssl.SSLContext | None = None
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._resolving: dict[tuple[str, int], asyncio.Task[list[str]]] = {}
 
     def put(self, conn: _Conn) -> None:
         if conn.closed:
@@ -520,17 +525,66 @@ class Client:
             context = self._ssl
         try:
             async with asyncio.timeout(within or None):
-                _, conn = await loop.create_connection(
-                    lambda: _Conn(self, key), host, port, ssl=context
-                )
+                failure: OSError | None = None
+                for address in await self._addresses(host, port):
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Conn(self, key),
+                            address,
+                            port,
+                            ssl=context,
+                            server_hostname=host if context is not None else None,
+                        )
+                    except ssl.SSLError:
+                        raise
+                    except OSError as exc:
+                        failure = exc
+                        continue
+                    return conn
+                assert failure is not None
+                raise failure
         except TimeoutError:
             raise UpstreamTimeout(f"upstream connect timed out after {within:g}s") from None
         except ssl.SSLError as exc:
-            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {exc.reason}") from exc
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise UpstreamUnreachable(f"upstream unreachable: {reason}") from exc
-        return conn
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``, looked up once per ``_DNS_TTL`` and once for all
+        the connections waiting on it: uncached, a burst of new streams would queue a
+        lookup each in the loop's small thread pool."""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [host]
+        loop = asyncio.get_running_loop()
+        key = (host, port)
+        known = self._dns.get(key)
+        if known is not None and known[0] > loop.time():
+            return known[1]
+        lookup = self._resolving.get(key)
+        if lookup is None:
+            lookup = loop.create_task(self._lookup(host, port))
+            self._resolving[key] = lookup
+            lookup.add_done_callback(lambda t: self._looked_up(key, t))
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        self._dns[(host, port)] = (loop.time() + _DNS_TTL, addresses)
+        return addresses
+
+    def _looked_up(self, key: tuple[str, int], task: asyncio.Task[list[str]]) -> None:
+        self._resolving.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters, if any are left, raise it
 
     async def request(
         self,

@@ -6,11 +6,14 @@ import asyncio
 import gzip
 import random
 import socket
+import ssl
+import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import pytest
+from aiohttp import web
 
 from proxy import wire
 from proxy.errors import (
@@ -929,3 +932,93 @@ async def test_host_header_of_an_ipv6_upstream_is_bracketed(
     _, body = await fetch(client, up.url())
     assert body == b"ok"
     assert b"\r\nHost: [::1]:%d\r\n" % up.port in up.requests[0]
+
+
+# ---------------------------------------------------------------- TLS and names
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        [
+            *(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ),
+            *("-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def _tls_upstream(cert: str, key: str) -> tuple[web.AppRunner, int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"tls {request.host}")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_an_https_upstream_is_verified_by_name_and_answers(
+    tls_files: tuple[str, str], client: wire.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_files
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # what the default context trusts
+    runner, port = await _tls_upstream(cert, key)
+    try:
+        # "localhost" may be looked up as ::1 first, where nothing listens: the next
+        # address is tried.
+        resp, body = await fetch(client, f"https://localhost:{port}/hello")
+        assert (resp.status, body) == (200, f"tls localhost:{port}".encode())
+        resp, body = await fetch(client, f"https://127.0.0.1:{port}/hello")
+        assert resp.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
+    tls_files: tuple[str, str], client: wire.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_files
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
+    runner, port = await _tls_upstream(cert, key)
+    try:
+        with pytest.raises(UpstreamUnreachable, match=r"TLS failed: .*certificate"):
+            await fetch(client, f"https://localhost:{port}/hello")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_host_name_is_looked_up_once_for_concurrent_new_connections(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    port = up.port
+    url = f"http://localhost:{port}/x"
+    results = await asyncio.gather(*(fetch(client, url) for _ in range(5)))
+    assert [body for _, body in results] == [b"ok"] * 5
+    assert len(up.peers) >= 2, "the requests ran concurrently, on several connections"
+    assert list(client._dns) == [("localhost", port)]
+    assert "127.0.0.1" in client._dns[("localhost", port)][1]
+    assert client._resolving == {}
