@@ -250,6 +250,7 @@ class Response:
         if self._ended or self._exc is not None:
             return
         self._exc = exc
+        self._draining = False
         if not self._head.done():
             self._head.set_exception(exc)
             self._head.exception()  # a failure before the headers is raised by send
@@ -611,8 +612,10 @@ class Client:
         data = _serialize(method, target, port, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + head if head else None
-        for _ in range(2):
-            conn = self._take(key)
+        for attempt in range(2):
+            # A retry after a stale pooled connection takes a new one: the other idle
+            # ones may have been dropped by the upstream just the same.
+            conn = self._take(key) if attempt == 0 else None
             if conn is None:
                 conn = await self._connect(key, connect)
             resp = Response(loop)

@@ -294,6 +294,28 @@ async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
         assert up.requests[1] == up.requests[2]  # the same request, sent again whole
 
 
+async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pooled(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        if peer.index > 1:
+            await answer(peer, OK)
+            return
+        # The first two: one answer, then dropped as the next request arrives.
+        await peer.request()
+        await asyncio.sleep(0.05)  # both requests are in flight at once: two connections
+        await peer.send(OK)
+        await peer.request()
+        peer.close()
+
+    up = await serve(handler)
+    await asyncio.gather(fetch(client, up.url()), fetch(client, up.url()))
+    assert len(up.peers) == 2
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (200, b"ok")
+    assert len(up.peers) == 3, "the retry went to a new connection"
+
+
 async def test_client_close_closes_idle_connections(serve: Serve, client: wire.Client) -> None:
     up = await serve(answering(OK))
     await fetch(client, up.url())
