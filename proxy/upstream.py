@@ -66,17 +66,8 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
 
 
 def make_session() -> aiohttp.ClientSession:
-    """The one client session of the application's lifetime."""
-    # No pool cap: concurrency is limited where requests come in, and a cap here
-    # would queue streams silently behind each other.
-    connector = aiohttp.TCPConnector(
-        limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
-    )
+    """The aiohttp session for OAuth token calls; /v1 calls go through :mod:`.wire`."""
     return aiohttp.ClientSession(
-        connector=connector,
-        # The answer reaches the client uncompressed; we ask for identity, and when an
-        # upstream compresses anyway aiohttp inflates it as it arrives.
-        auto_decompress=True,
         timeout=aiohttp.ClientTimeout(total=None),
         skip_auto_headers=("User-Agent",),
         cookie_jar=aiohttp.DummyCookieJar(),
