@@ -191,8 +191,6 @@ class Response:
         if conn is not None:
             conn.abort()
 
-    release = close
-
     # -- the connection's side ----------------------------------------------------
 
     def _wake(self) -> None:
