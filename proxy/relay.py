@@ -100,9 +100,10 @@ class ClientStream:
             self.log.debug("client_write", size=len(data), preview=_preview(data))
         transport = self._transport
         if transport is not None:
-            # The hot path: one chunk, one transport write. aiohttp's own write path
-            # costs several Python calls per event for features a stream here never
-            # uses (compression, length clipping, body-write signals).
+            # After the headers: one chunk, one transport write (``write_now`` is the
+            # same for pushed reads). aiohttp's own write path costs several Python
+            # calls per write for features a stream here never uses (compression,
+            # length clipping, body-write signals).
             if transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
