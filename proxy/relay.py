@@ -32,7 +32,7 @@ from .errors import (
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .sse import EventTooLarge, Reframer, too_short_to_tell
-from .upstream import IdleWatch, map_error
+from .upstream import IdleWatch
 from .wire import Response
 
 SSE_HEADERS = {
@@ -231,16 +231,9 @@ async def relay_stream(
         return shaper.render(reframer.feed(chunk))
 
     def pushed(chunk: bytes) -> None:
-        # The hot path: inside the upstream's socket callback, no task switch; what
-        # ``convert`` does, written out again to save a call per event.
+        # The hot path: inside the upstream's socket callback, no task switch.
         try:
-            client.last_read = watch.last = loop.time()
-            if log is not None:
-                log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
-            if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
-                out = chunk
-            else:
-                out = shaper.render(reframer.feed(chunk))
+            out = convert(chunk)
             if out:
                 client.write_now(out, upstream)
             if shaper.done:
@@ -274,11 +267,11 @@ async def relay_stream(
         except EventTooLarge as exc:
             failure = StreamTooLarge(str(exc))
             out = shaper.render(exc.completed)
-        except (TimeoutError, UpstreamError) as exc:
+        except UpstreamError as exc:
             # Whatever the reframer holds is an event the upstream never finished. Even
             # after a finish_reason the stream was cut (its usage chunk, its [DONE]):
             # the client is told, never shown a clean end.
-            failure = _mid_stream_error(exc, timeouts, shaper)
+            failure = _mid_stream_error(exc, shaper)
             out = b""
         if failure is not None:
             out += error_event(failure.message, code=failure.code)
@@ -309,15 +302,12 @@ async def relay_stream(
     return resp
 
 
-def _mid_stream_error(
-    exc: BaseException, timeouts: Timeouts, shaper: OpenAIShaper
-) -> SeamlineError:
-    failure = map_error(exc, timeouts)
-    if isinstance(failure, UpstreamProtocolError) and shaper.check_endings and not shaper.finished:
+def _mid_stream_error(exc: UpstreamError, shaper: OpenAIShaper) -> UpstreamError:
+    if isinstance(exc, UpstreamProtocolError) and shaper.check_endings and not shaper.finished:
         # A connection that dies before the answer ended truncated it, as a clean
         # end there does: the client must be told so, not just "connection lost".
-        failure = UpstreamProtocolError(f"{TRUNCATED}; {failure.message}")
-    return failure
+        return UpstreamProtocolError(f"{TRUNCATED}; {exc.message}")
+    return exc
 
 
 def _only_error(shaper: OpenAIShaper) -> bool:
@@ -419,8 +409,8 @@ async def collect_stream(
             _aggregate(shaper.render(reframer.close()) + shaper.finish(), agg)
     except EventTooLarge as exc:
         return agg, error_json(str(exc), code="event_too_large")
-    except (TimeoutError, UpstreamTimeout, UpstreamProtocolError) as exc:
-        err = _mid_stream_error(exc, timeouts, shaper)
+    except (UpstreamTimeout, UpstreamProtocolError) as exc:
+        err = _mid_stream_error(exc, shaper)
         return agg, error_json(err.message, code=err.code)
     finally:
         watch.cancel()

@@ -9,7 +9,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import AccountConfig, Timeouts
-from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from .errors import UpstreamTimeout
 from .wire import Client, Response
 
 HOP_BY_HOP = frozenset(
@@ -108,19 +108,6 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     if "x-request-id" in upstream:
         out["X-Upstream-Request-ID"] = upstream["x-request-id"]
     return out
-
-
-def map_error(exc: BaseException, timeouts: Timeouts) -> UpstreamError:
-    """A failure while reading an upstream body, in the seamline error tree."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, TimeoutError):
-        if timeouts.total:
-            return UpstreamTimeout(f"upstream did not finish within {timeouts.total:g}s")
-        return UpstreamTimeout("upstream timed out")
-    if isinstance(exc, OSError):
-        return UpstreamProtocolError("upstream closed the connection unexpectedly")
-    return UpstreamError(f"upstream request failed: {type(exc).__name__}")
 
 
 async def send(

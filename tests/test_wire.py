@@ -172,6 +172,15 @@ def answering(*responses: bytes) -> Handler:
     return lambda peer: answer(peer, *responses)
 
 
+def first_then_ok(handler: Handler, first: int = 1) -> Handler:
+    """``handler`` on the first ``first`` connections; every later one answers OK."""
+
+    async def run(peer: Peer) -> None:
+        await (handler(peer) if peer.index < first else answer(peer, OK))
+
+    return run
+
+
 class Serve(Protocol):
     def __call__(self, handler: Handler, host: str = ...) -> Awaitable[Upstream]: ...
 
@@ -272,9 +281,6 @@ async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
     serve: Serve, client: wire.Client, when: str
 ) -> None:
     async def handler(peer: Peer) -> None:
-        if peer.index > 0:
-            await answer(peer, OK)
-            return
         await peer.request()
         await peer.send(OK)
         if when == "unnoticed until the next request":
@@ -283,7 +289,7 @@ async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
             await peer.request()
         peer.close()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler))
     await fetch(client, up.url())
     await asyncio.sleep(0.05)
     resp, body = await fetch(client, up.url(), "POST", b'{"n":2}')
@@ -298,9 +304,6 @@ async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pool
     serve: Serve, client: wire.Client
 ) -> None:
     async def handler(peer: Peer) -> None:
-        if peer.index > 1:
-            await answer(peer, OK)
-            return
         # The first two: one answer, then dropped as the next request arrives.
         await peer.request()
         await asyncio.sleep(0.05)  # both requests are in flight at once: two connections
@@ -308,7 +311,7 @@ async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pool
         await peer.request()
         peer.close()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler, 2))
     await asyncio.gather(fetch(client, up.url()), fetch(client, up.url()))
     assert len(up.peers) == 2
     resp, body = await fetch(client, up.url())
@@ -369,14 +372,11 @@ async def test_answer_closed_before_its_end_is_not_reused(
     serve: Serve, client: wire.Client
 ) -> None:
     async def handler(peer: Peer) -> None:
-        if peer.index > 0:
-            await answer(peer, OK)
-            return
         await peer.request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler))
     resp = await call(client, up.url())
     assert await resp.read() == b"hello"
     resp.close()
@@ -388,16 +388,13 @@ async def test_answer_closed_before_its_end_is_not_reused(
 
 async def test_idle_connection_that_talks_is_not_reused(serve: Serve, client: wire.Client) -> None:
     async def handler(peer: Peer) -> None:
-        if peer.index > 0:
-            await answer(peer, OK)
-            return
         await peer.request()
         await peer.send(OK)
         await asyncio.sleep(0.05)
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler))
     await fetch(client, up.url())
     assert await up.peers[0].closed()
     _, body = await fetch(client, up.url())
@@ -409,15 +406,12 @@ async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
     serve: Serve, client: wire.Client
 ) -> None:
     async def handler(peer: Peer) -> None:
-        if peer.index > 0:
-            await answer(peer, OK)
-            return
         await peer.request()
         # An upstream that miscounts: more follows the answer, in the same packet.
         await peer.send(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler))
     await fetch(client, up.url())
     assert await up.peers[0].closed()
     resp, body = await fetch(client, up.url())
@@ -675,16 +669,13 @@ async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
     go = asyncio.Event()
 
     async def handler(peer: Peer) -> None:
-        if peer.index > 0:
-            await answer(peer, OK)
-            return
         await peer.request()
         await peer.send(CHUNKED)
         await go.wait()
         await peer.send(chunks(b"data: [DONE]\n\n"))
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await serve(first_then_ok(handler))
     resp = await call(client, up.url())
     done = resp.push(lambda piece: resp.stop())
     go.set()
