@@ -1,12 +1,14 @@
-"""The aiohttp application: routes, start-up and shutdown (drain), and reload."""
+"""The application: routes, start-up and shutdown (drain)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from . import upstream as up
 from .config import Config
@@ -14,13 +16,13 @@ from .errors import UpstreamError
 from .forward import forward
 from .logs import debug_streaming_enabled, get_logger, redactor
 from .metrics import Metrics
-from .middleware import GATE, OUTCOME, Gate, check_client, request_middleware
-from .ops import METRICS, admin_accounts, healthz, metrics, readyz
-from .runtime import RUNTIME, build_runtime, warn_readable_secrets
+from .middleware import Gate, check_client, dispatch
+from .ops import admin_accounts, healthz, metrics, readyz
+from .runtime import Runtime, build_runtime, warn_readable_secrets
+from .server import Handler, Reply, Request, Server
 
-__all__ = ["RUNTIME", "SESSION", "create_app", "drain", "start"]
+__all__ = ["App", "Runner", "create_app", "drain", "start"]
 
-SESSION = web.AppKey("session", aiohttp.ClientSession)
 log = get_logger("seamline")
 
 
@@ -31,88 +33,130 @@ class ShuttingDown(UpstreamError):
     code = "server_shutting_down"
 
 
-async def proxy(request: web.Request) -> web.StreamResponse:
-    """Forward one /v1 request to an upstream account and relay its answer."""
-    rt = request.app[RUNTIME]
+@dataclass
+class App:
+    """What the handlers share: the runtime (swapped by a reload), admission, metrics."""
+
+    runtime: Runtime
+    gate: Gate
+    metrics: Metrics
+    session: aiohttp.ClientSession | None = None  # OAuth token calls only
+
+
+def proxy(request: Request) -> Awaitable[Reply]:
+    """Forward one /v1 request to an upstream account and relay its answer.
+
+    Not a coroutine itself: it checks, then hands over ``forward``'s, so an open stream
+    holds one frame less."""
+    app: App = request.app
+    rt = app.runtime
     check_client(request, rt.router.config.server.api_keys)
-    request.app[GATE].rate(request)
-    return await forward(
+    app.gate.rate(request)
+    assert app.session is not None
+    return forward(
         request,
         rt.router,
-        request.app[SESSION],
+        app.session,
         rt.client,
-        request[OUTCOME],
+        request.outcome,
         debug_streaming_enabled(),
         rt.streams,
     )
 
 
-async def _lifecycle(app: web.Application) -> Any:
-    app[SESSION] = up.make_session()
-    rt = app[RUNTIME]
-    await rt.persister.restore()
-    rt.persister.start()
-    warn_readable_secrets(rt.router.config)
-    yield
-    await rt.persister.stop()
-    rt.client.close()
-    await app[SESSION].close()
+# Exact paths besides /v1/...; HEAD as well as GET where load balancers probe.
+_ROUTES: dict[str, tuple[frozenset[str], Handler]] = {
+    "/healthz": (frozenset({"GET", "HEAD"}), healthz),
+    "/readyz": (frozenset({"GET", "HEAD"}), readyz),
+    "/metrics": (frozenset({"GET"}), metrics),
+    "/admin/accounts": (frozenset({"GET"}), admin_accounts),
+}
+_API = (frozenset({"GET", "POST"}), proxy)
 
 
-def create_app(config: Config) -> web.Application:
-    """Build the application for ``config``."""
+def route(path: str) -> tuple[frozenset[str], Handler] | None:
+    """The methods and handler for ``path``, or None: unknown."""
+    if path.startswith("/v1/") and len(path) > 4:
+        return _API
+    return _ROUTES.get(path)
+
+
+class Runner:
+    """A started seamline: its server, its shared state, and how to stop it."""
+
+    def __init__(self, app: App, server: Server) -> None:
+        self.app = app
+        self.server = server
+        self._cleaned = False
+
+    @property
+    def addresses(self) -> list[Any]:
+        return self.server.addresses
+
+    async def cleanup(self) -> None:
+        """Stop serving and release everything; a second call does nothing."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        await self.server.shutdown(5.0)
+        rt = self.app.runtime
+        await rt.persister.stop()
+        rt.client.close()
+        if self.app.session is not None:
+            await self.app.session.close()
+
+
+def create_app(config: Config) -> App:
+    """The shared state for ``config``, before anything is started."""
     redactor.set_secrets(config.secrets())
-    app = web.Application(
-        middlewares=[request_middleware],
-        client_max_size=config.server.max_body_bytes,
-    )
     rt = build_runtime(config)
-    app[RUNTIME] = rt
-    app[METRICS] = m = Metrics(lambda: app[RUNTIME].router.pool)
-    m.in_flight.set_function(lambda: len(app[RUNTIME].streams))
-    app[GATE] = Gate(server=lambda: app[RUNTIME].router.config.server, on_done=m.record)
-    app.cleanup_ctx.append(_lifecycle)
-    app.router.add_route("POST", "/v1/{tail:.+}", proxy)
-    app.router.add_route("GET", "/v1/{tail:.+}", proxy)
-    # HEAD too: load balancers' health checks often use it.
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_route("GET", "/metrics", metrics)
-    app.router.add_route("GET", "/admin/accounts", admin_accounts)
+    gate = Gate(server=lambda: app.runtime.router.config.server)
+    app = App(rt, gate, Metrics(lambda: app.runtime.router.pool))
+    app.metrics.in_flight.set_function(lambda: len(app.runtime.streams))
+    gate.on_done = app.metrics.record
     return app
 
 
-async def start(config: Config, host: str | None = None, port: int | None = None) -> web.AppRunner:
+async def start(config: Config, host: str | None = None, port: int | None = None) -> Runner:
     """Start serving; the runner's ``addresses`` tell where. Used by the CLI and tests."""
     app = create_app(config)
-    # Cancel the handler when its client disconnects, so an upstream that is silent
-    # (a long reasoning pause) is still closed at once rather than at its next byte.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(
-        runner, host or config.server.host, config.server.port if port is None else port
+    app.session = up.make_session()
+    rt = app.runtime
+    server = Server(
+        app,
+        partial(dispatch, route),
+        lambda: app.runtime.router.config.server.max_body_bytes,
+        _unhandled,
     )
+    runner = Runner(app, server)
     try:
-        await site.start()
+        await rt.persister.restore()
+        rt.persister.start()
+        warn_readable_secrets(rt.router.config)
+        await server.listen(
+            host or config.server.host, config.server.port if port is None else port
+        )
     except BaseException:
         await runner.cleanup()
         raise
     return runner
 
 
+def _unhandled(event: str, request: Request) -> None:
+    log.exception(event, path=request.path)
+
+
 async def drain(
-    runner: web.AppRunner, deadline: float | None = None, hurry: asyncio.Event | None = None
+    runner: Runner, deadline: float | None = None, hurry: asyncio.Event | None = None
 ) -> None:
     """Stop accepting, let requests in flight finish within ``server.drain_s`` (or until
     ``hurry`` is set: a second signal), end the streams still open then with an error
     event, and shut down."""
     app = runner.app
-    assert isinstance(app, web.Application)
-    gate = app[GATE]
-    rt = app[RUNTIME]
+    gate = app.gate
+    rt = app.runtime
     gate.draining = True
-    for site in list(runner.sites):
-        await site.stop()
+    await runner.server.stop_listening()
     limit = rt.router.config.server.drain_s if deadline is None else deadline
     log.info("draining", in_flight=gate.in_flight, streams=len(rt.streams), deadline_s=limit)
     waiting = asyncio.ensure_future(gate.wait_idle(limit))

@@ -11,8 +11,6 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from aiohttp import web
-
 from . import __version__
 from .config import Config, ConfigError, load
 from .logs import configure, get_logger
@@ -74,7 +72,7 @@ def raise_open_file_limit() -> int:
 
 
 async def _serve(config: Config, host: str | None, port: int | None) -> None:
-    from .app import RUNTIME, drain, start  # late: check-config needs none of it
+    from .app import drain, start  # late: check-config needs none of it
     from .runtime import reload
 
     log = get_logger("seamline")
@@ -86,8 +84,7 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = await start(config, host, port)
     app = runner.app
-    assert isinstance(app, web.Application)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload(app[RUNTIME], config.path))
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(app.runtime, config.path))
     for addr in runner.addresses:
         h, p = addr[0], addr[1]
         h = f"[{h}]" if ":" in h else h  # an IPv6 address needs brackets in a URL

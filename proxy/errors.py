@@ -43,6 +43,16 @@ class MissingModel(ClientRequestError):
     code = "missing_model"
 
 
+class BadEncoding(ClientRequestError):
+    code = "invalid_content_encoding"
+
+
+class UnsupportedEncoding(SeamlineError):
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
 class Unauthorized(SeamlineError):
     status = 401
     error_type = "invalid_request_error"

@@ -10,11 +10,10 @@ from functools import partial
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from .convert import completion_to_sse
-from .errors import BodyTooLarge, InvalidJSON, MissingModel, UpstreamError
+from .errors import InvalidJSON, MissingModel, UpstreamError
 from .logs import get_logger, redactor
 from .outcome import Outcome
 from .relay import (
@@ -34,6 +33,7 @@ from .repair import (
     usage_from,
 )
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
+from .server import Reply, Request
 from .sse import looks_like_sse
 from .upstream import response_headers
 from .wire import Client, Response
@@ -157,25 +157,24 @@ def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes
 
 
 async def forward(
-    request: web.Request,
+    request: Request,
     router: Router,
     session: aiohttp.ClientSession,
     client: Client,
     outcome: Outcome,
     trace: bool,
     streams: set[Response],
-) -> web.StreamResponse:
+) -> Reply:
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
-    tail = request.match_info["tail"]
-    raw = await _read_request(request, config.server.max_body_bytes)
+    tail = request.path[4:]  # after "/v1/"
+    raw = await request.read(config.server.max_body_bytes)
     req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
     plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
     # The path and query go upstream as the client encoded them: decoded, an encoded
     # '?' or '/' would change what the upstream is asked for.
-    url = request.rel_url
     wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
     retry = Retry(model, [], plan.bodies)
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
@@ -187,8 +186,8 @@ async def forward(
             session,
             client,
             request.method,
-            url.raw_path.removeprefix("/v1/"),
-            url.raw_query_string,
+            request.raw_path.removeprefix("/v1/"),
+            request.query_string,
             request.headers,
             retry.bodies,
             model,
@@ -206,19 +205,7 @@ async def forward(
             return result
 
 
-async def _read_request(request: web.Request, limit: int) -> bytes:
-    """The client's body, refused past ``limit`` bytes as it arrives. Not
-    ``request.read()``: that keeps the body on the request for the life of the stream."""
-    body = bytearray()
-    read = request.content.readany
-    while chunk := await read():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-    return bytes(body)
-
-
-def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:
+def _failed(answer: FailedAnswer, outcome: Outcome) -> Reply:
     headers = answer.headers
     headers["X-Request-ID"] = outcome.request_id
     headers["Content-Type"] = "application/json"
@@ -227,11 +214,11 @@ def _failed(answer: FailedAnswer, outcome: Outcome) -> web.Response:
     outcome.status = answer.status
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(data)
-    return web.Response(status=answer.status, body=data, headers=headers)
+    return Reply(answer.status, data, headers)
 
 
 async def _relay(
-    request: web.Request,
+    request: Request,
     router: Router,
     answer: UpstreamAnswer,
     outcome: Outcome,
@@ -239,7 +226,7 @@ async def _relay(
     wants: Wants,
     trace: bool,
     retry: Retry,
-) -> web.StreamResponse | None:
+) -> Reply | None:
     """The client's answer from this upstream response; None when it failed before
     anything reached the client and another account should take the request."""
     usage: tuple[int, int] | None = None
@@ -262,7 +249,7 @@ async def _relay(
 
 
 async def _answer(
-    request: web.Request,
+    request: Request,
     router: Router,
     answer: UpstreamAnswer,
     outcome: Outcome,
@@ -270,7 +257,7 @@ async def _answer(
     wants: Wants,
     trace: bool,
     started: Callable[[], None],
-) -> tuple[web.StreamResponse, tuple[int, int] | None, tuple[int, bytes] | None]:
+) -> tuple[Reply, tuple[int, int] | None, tuple[int, bytes] | None]:
     """The response, the usage it carried, and (status, error) when the upstream failed
     before anything reached the client."""
     config = router.config
@@ -316,11 +303,12 @@ async def _answer(
             strip_usage=wants.strip_usage,
             trace=_tracer(tracer),
         )
+        # The stream makes its own headers, and keeps them only until they are sent.
+        del headers
         try:
             streamed = await relay_stream(
                 request,
                 resp,
-                headers,
                 shaper,
                 outcome,
                 timeouts=timeouts,
@@ -386,7 +374,7 @@ def _json_to_stream(
     obj: dict[str, Any],
     wants: Wants,
     tracer: Any,
-) -> web.Response:
+) -> Reply:
     """A streaming client answered with a JSON object: a completion becomes its chunk
     stream, an error object an HTTP error (nothing was streamed yet)."""
     if obj.get("error"):
@@ -399,10 +387,10 @@ def _json_to_stream(
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(body)
     headers.update(SSE_HEADERS)
-    return web.Response(status=status, body=body, headers=headers)
+    return Reply(status, body, headers)
 
 
-def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes) -> web.Response:
+def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes) -> Reply:
     outcome.status = status
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(data)
@@ -413,7 +401,7 @@ def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes)
         headers["Content-Type"] = "application/json"
     if headers.get("Content-Type", "").startswith("text/event-stream"):
         headers["Content-Type"] = "application/json"
-    return web.Response(status=status, body=data, headers=headers)
+    return Reply(status, data, headers)
 
 
 def _error_message(payload: bytes | None) -> str:

@@ -8,10 +8,8 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from aiohttp import web
 
 from .config import ServerConfig
 from .errors import (
@@ -25,6 +23,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .outcome import Outcome
+from .server import Handler, Reply, Request
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
@@ -37,9 +36,6 @@ _KNOWN_ROUTES = frozenset(
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 _DOT_SEGMENTS = frozenset({".", ".."})
 CLIENT_CLOSED = 499
-
-OUTCOME = web.RequestKey("outcome", Outcome)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -75,8 +71,8 @@ class Gate:
             return False
         return True
 
-    def admit(self, request: web.Request) -> web.Request:
-        """The request, admitted (with the body limit in force now), or an error raised."""
+    def admit(self, request: Request) -> None:
+        """Raise unless the request may go on now."""
         s = self.server()
         if self.draining:
             raise NoAccount("seamline is shutting down", retry_after=1)
@@ -86,12 +82,8 @@ class Gate:
         if length is not None and length > s.max_body_bytes:
             # Refused before a byte of it is read.
             raise BodyTooLarge(f"request body exceeds {s.max_body_bytes} bytes")
-        if request.client_max_size != s.max_body_bytes:
-            # A reload changed the limit, and aiohttp enforces it on chunked bodies.
-            return request.clone(client_max_size=s.max_body_bytes)
-        return request
 
-    def rate(self, request: web.Request) -> None:
+    def rate(self, request: Request) -> None:
         """429 once this client key has made client_rpm requests in the last minute."""
         client_rpm = self.server().client_rpm
         if not client_rpm:
@@ -114,19 +106,11 @@ def _digest(key: str) -> str:
     return hmac.new(b"seamline-client", key.encode(), "sha256").hexdigest()
 
 
-GATE = web.AppKey("gate", Gate)
-
-
-def error_response(err: SeamlineError, request_id: str | None = None) -> web.Response:
+def error_response(err: SeamlineError, request_id: str | None = None) -> Reply:
     headers = {"X-Request-ID": request_id} if request_id else {}
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
-    return web.Response(
-        status=err.status,
-        body=err.json_bytes(),
-        content_type="application/json",
-        headers=headers,
-    )
+    return Reply(err.status, err.json_bytes(), headers, "application/json")
 
 
 def route_label(path: str) -> str:
@@ -136,37 +120,43 @@ def route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-@web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, limits, OpenAI-format errors for everything, one summary line per request."""
+async def dispatch(
+    route: Callable[[str], tuple[frozenset[str], Handler] | None], request: Request
+) -> Reply:
+    """Request id, routing, limits, OpenAI-format errors, one summary line per request."""
     given = request.headers.get("X-Request-ID", "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    outcome = Outcome(request_id=request_id, route=request.path)
-    request[OUTCOME] = outcome
-    gate = request.app[GATE]
-    api = request.path.startswith("/v1/")
+    path = request.path
+    outcome = Outcome(request_id=request_id, route=path)
+    request.outcome = outcome
+    gate: Gate = request.app.gate
+    api = path.startswith("/v1/")
     admitted = False
     try:
         if api:
-            if _DOT_SEGMENTS.intersection(request.path.split("/")):
+            if _DOT_SEGMENTS.intersection(path.split("/")):
                 # The upstream URL would resolve them, out of the account's base_url.
                 raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-            request = gate.admit(request)
+            gate.admit(request)
             admitted = True
             gate.enter()
+        found = route(path)
+        if found is None:
+            raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
+        methods, handler = found
+        if request.method not in methods:
+            raise MethodNotAllowed("method not allowed for this path")
         resp = await handler(request)
     except SeamlineError as err:
         resp = error_response(err, request_id)
         outcome.error = err.message
-    except web.HTTPException as exc:
-        resp = error_response(_from_http_exception(exc), request_id)
     except asyncio.CancelledError:
-        # The client went away (handler_cancellation): still one line, still counted.
+        # The client went away: still one line, still counted.
         outcome.client_gone = True
         _book(request, outcome, api)
         raise
     except Exception:
-        log.exception("unhandled_error", request_id=request_id, path=request.path)
+        log.exception("unhandled_error", request_id=request_id, path=path)
         internal = SeamlineError(f"internal error (request id {request_id})")
         resp = error_response(internal, request_id)
         outcome.error = "internal error"
@@ -183,39 +173,26 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     return resp
 
 
-def _book(request: web.Request, outcome: Outcome, api: bool) -> None:
+def _book(request: Request, outcome: Outcome, api: bool) -> None:
     """The summary line and the metrics of one finished request."""
     if outcome.client_gone:
         # Whatever status went out, the answer did not arrive whole (nginx's 499).
         outcome.status = CLIENT_CLOSED
     if request.path not in _QUIET:
         access_log.info("request", **outcome.summary())
-    on_done = request.app[GATE].on_done
+    on_done = request.app.gate.on_done
     if api and on_done is not None:
         on_done(outcome, route_label(request.path))
 
 
-def _from_http_exception(exc: web.HTTPException) -> SeamlineError:
-    if exc.status == 404:
-        return NotFound("unknown path; seamline serves the OpenAI API under /v1")
-    if exc.status == 405:
-        return MethodNotAllowed("method not allowed for this path")
-    if exc.status == 413:
-        return BodyTooLarge("request body is too large")
-    err = SeamlineError(exc.reason or "request failed")
-    err.status = exc.status
-    err.error_type = "invalid_request_error" if exc.status < 500 else "server_error"
-    return err
-
-
-def client_key(request: web.Request) -> str:
+def client_key(request: Request) -> str:
     auth = request.headers.get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return request.headers.get("x-api-key", "")
 
 
-def check_client(request: web.Request, keys: tuple[str, ...]) -> None:
+def check_client(request: Request, keys: tuple[str, ...]) -> None:
     """401 unless the request carries one of ``keys`` (when any are configured)."""
     if not keys:
         return

@@ -5,28 +5,28 @@ from __future__ import annotations
 import json
 import time
 
-from aiohttp import web
-
 from .errors import NotFound
-from .metrics import CONTENT_TYPE, Metrics
-from .middleware import GATE, check_client
-from .runtime import RUNTIME
-
-METRICS = web.AppKey("metrics", Metrics)
+from .metrics import CONTENT_TYPE
+from .middleware import check_client
+from .server import Reply, Request
 
 
-async def healthz(request: web.Request) -> web.StreamResponse:
+def json_reply(body: object, status: int = 200, indent: int | None = None) -> Reply:
+    return Reply(status, json.dumps(body, indent=indent).encode(), None, "application/json")
+
+
+async def healthz(request: Request) -> Reply:
     """The process is alive and serving."""
-    return web.json_response({"status": "ok"})
+    return json_reply({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.StreamResponse:
+async def readyz(request: Request) -> Reply:
     """503 while draining or when no account can take a request right now.
 
     With replicas, ``shared_state`` tells whether Redis is reachable.
     """
-    gate = request.app[GATE]
-    pool = request.app[RUNTIME].router.pool
+    gate = request.app.gate
+    pool = request.app.runtime.router.pool
     now = time.time()
     eligible = [name for name, st in pool.states.items() if pool.block(st, now) is None]
     body = {
@@ -36,38 +36,38 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         "accounts_total": len(pool.states),
         "in_flight": gate.in_flight,
     }
-    shared = request.app[RUNTIME].shared
+    shared = request.app.runtime.shared
     if shared is not None:
         # Not a reason to be unready: without Redis this replica decides on its own view.
         body["shared_state"] = shared.link.status()
     if gate.draining or not eligible:
         body["status"] = "draining" if gate.draining else "no_account_available"
-        return web.json_response(body, status=503)
-    return web.json_response(body)
+        return json_reply(body, 503)
+    return json_reply(body)
 
 
-def _admin(request: web.Request) -> None:
-    key = request.app[RUNTIME].router.config.server.admin_key
+def _admin(request: Request) -> None:
+    key = request.app.runtime.router.config.server.admin_key
     if not key:
         raise NotFound("the admin endpoints are off: set server.admin_key to enable them")
     check_client(request, (key,))
 
 
-async def metrics(request: web.Request) -> web.StreamResponse:
+async def metrics(request: Request) -> Reply:
     """Prometheus text format; needs the admin key unless server.metrics_public."""
-    if not request.app[RUNTIME].router.config.server.metrics_public:
+    if not request.app.runtime.router.config.server.metrics_public:
         try:
             _admin(request)
         except NotFound:
             raise NotFound(
                 "metrics need server.admin_key, or server.metrics_public = true"
             ) from None
-    body = request.app[METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    body = request.app.metrics.render()
+    return Reply(200, body, None, CONTENT_TYPE)
 
 
-async def admin_accounts(request: web.Request) -> web.StreamResponse:
+async def admin_accounts(request: Request) -> Reply:
     """Per-account state; protected by server.admin_key, and never shows a secret."""
     _admin(request)
-    body = {"accounts": request.app[RUNTIME].router.pool.snapshot(time.time())}
-    return web.json_response(body, dumps=lambda o: json.dumps(o, indent=2))
+    body = {"accounts": request.app.runtime.router.pool.snapshot(time.time())}
+    return json_reply(body, indent=2)

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-from aiohttp import web
 from multidict import CIMultiDict
 
 from .config import Timeouts
@@ -31,9 +29,10 @@ from .errors import (
 )
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
+from .server import Reply, Request, Streamed
 from .sse import EventTooLarge, Reframer, too_short_to_tell
-from .upstream import IdleWatch
-from .wire import Response
+from .upstream import IdleWatch, response_headers
+from .wire import NO_HEADERS, Response
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -49,8 +48,9 @@ def _preview(data: bytes) -> str:
 
 
 KEEPALIVE = b": keep-alive\n\n"
+_SENT: CIMultiDict[str] = CIMultiDict()  # a stream's headers, once they went out
 # Past this many bytes queued towards the client, wait for its socket to drain
-# (backpressure: meanwhile the upstream is not read either). aiohttp's own limit.
+# (backpressure: meanwhile the upstream is not read either).
 _HIGH_WATER = 0x10000
 
 
@@ -65,25 +65,25 @@ class ClientStream:
 
     def __init__(
         self,
-        request: web.Request,
-        resp: web.StreamResponse,
+        request: Request,
+        status: int,
+        headers: CIMultiDict[str],
         outcome: Outcome,
         heartbeat: float,
         log: Any,
         *,
-        chunked: bool = True,
         on_start: Callable[[], None] | None = None,
     ) -> None:
         self.request = request
-        self.chunked = chunked
+        self.chunked = request.chunked_ok
         self._on_start = on_start
-        self.resp = resp
+        self.status = status
+        self.headers = headers
         self.outcome = outcome
         self.log = log
         self.prepared = False
         self.writing = False
         self._transport: asyncio.Transport | None = None
-        self._prepare_lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         self.last_read = self._loop.time()
         self._heartbeat = heartbeat
@@ -101,35 +101,26 @@ class ClientStream:
         transport = self._transport
         if transport is not None:
             # After the headers: one chunk, one transport write (``write_now`` is the
-            # same for pushed reads). aiohttp's own write path costs several Python
-            # calls per write for features a stream here never uses (compression,
-            # length clipping, body-write signals).
+            # same for pushed reads).
             if transport.is_closing():
                 raise ConnectionResetError("the client closed the connection")
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
             if transport.get_write_buffer_size() > _HIGH_WATER:
                 self.writing = True
                 try:
-                    await self.request.writer.drain()
+                    await self.request.drain()
                 finally:
                     self.writing = False
             return
-        self.writing = True
-        try:
-            async with self._prepare_lock:
-                if not self.prepared:
-                    await self.resp.prepare(self.request)
-                    self.prepared = True
-            if outcome.first_byte is None:
-                outcome.first_byte = time.monotonic()
-            if self._on_start is not None:
-                self._on_start()
-                self._on_start = None
-            # The first write goes through aiohttp: it sends the headers with it.
-            await self.resp.write(data)
-            self._transport = self.request.transport
-        finally:
-            self.writing = False
+        # The first write: the head goes out with it, in the same transport write.
+        self.prepared = True
+        outcome.first_byte = time.monotonic()
+        if self._on_start is not None:
+            self._on_start()
+            self._on_start = None
+        self.request.start_stream(self.status, self.headers, data)
+        self.headers = _SENT
+        self._transport = self.request.transport
 
     def write_now(self, data: bytes, upstream: Response) -> None:
         """``write`` for a pushed body, called from the upstream socket's callback once
@@ -150,7 +141,7 @@ class ClientStream:
 
     async def _wait_drained(self, upstream: Response) -> None:
         try:
-            await self.request.writer.drain()
+            await self.request.drain()
         except (ConnectionResetError, RuntimeError) as exc:
             upstream.interrupt(ConnectionResetError(str(exc)))
         finally:
@@ -187,9 +178,8 @@ class ClientStream:
 
 
 async def relay_stream(
-    request: web.Request,
+    request: Request,
     upstream: Response,
-    headers: CIMultiDict[str],
     shaper: OpenAIShaper,
     outcome: Outcome,
     *,
@@ -199,7 +189,7 @@ async def relay_stream(
     log: Any = None,
     on_start: Callable[[], None] | None = None,
     first: bytes = b"",
-) -> web.StreamResponse:
+) -> Reply:
     """Relay an upstream event stream to the client, repairing it on the way.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
@@ -207,16 +197,13 @@ async def relay_stream(
     goes to the client: from then on the request cannot go to another account.
     ``first``: the body's first read, when the caller already made it.
     """
+    headers = response_headers(upstream.headers)
+    headers["X-Request-ID"] = outcome.request_id
     headers.update(SSE_HEADERS)
-    resp = web.StreamResponse(status=upstream.status, headers=headers)
-    # HTTP/1.0 has no chunked encoding (nginx speaks it to its upstreams by default): the
-    # body then goes out as it is and the closed connection ends it.
-    chunked = request.version >= aiohttp.HttpVersion11
-    if chunked:
-        resp.enable_chunked_encoding()
     client = ClientStream(
-        request, resp, outcome, heartbeat, log, chunked=chunked, on_start=on_start
+        request, upstream.status, headers, outcome, heartbeat, log, on_start=on_start
     )
+    del headers  # the client stream lets go of them once they are sent
     reframer = Reframer(max_event_bytes)
     failure: SeamlineError | None = None
     loop = asyncio.get_running_loop()
@@ -259,7 +246,9 @@ async def relay_stream(
                     upstream.let_finish()
                     break
                 if client.prepared and not upstream.buffered():
-                    # The headers are out: from here on every read is pushed.
+                    # The headers are out: from here on every read is pushed, and
+                    # the upstream's headers are needed no more.
+                    upstream.headers = NO_HEADERS
                     ended = await upstream.push(pushed)
                     break
                 chunk = await upstream.read()
@@ -281,11 +270,11 @@ async def relay_stream(
         ):
             # Nothing reached the client yet: an error can still be an HTTP status.
             await client.close()
-            return _status_error(shaper, failure, outcome, headers)
+            return _status_error(shaper, failure, outcome, client.headers)
         if out:
             await client.write(out)
         await client.close()
-        await resp.write_eof()
+        request.end_stream()
     except ConnectionResetError:
         # The client went away; the finally below closes the upstream at once.
         outcome.client_gone = True
@@ -299,7 +288,7 @@ async def relay_stream(
         if shaper.repairs:
             outcome.repairs.update(shaper.repairs)
     outcome.status = upstream.status
-    return resp
+    return Streamed(upstream.status, b"", None, "text/event-stream")
 
 
 def _mid_stream_error(exc: UpstreamError, shaper: OpenAIShaper) -> UpstreamError:
@@ -314,13 +303,15 @@ def _only_error(shaper: OpenAIShaper) -> bool:
     return shaper.errored and shaper.events == 0
 
 
-class EarlyError(web.Response):
+class EarlyError(Reply):
     """The answer to a stream that failed before anything reached the client: its first
     event was an error, or it broke before any event. The request may still go to
     another account; ``payload`` is the error object."""
 
+    __slots__ = ("payload",)
+
     def __init__(self, status: int, payload: bytes, headers: CIMultiDict[str]) -> None:
-        super().__init__(status=status, body=payload, headers=headers)
+        super().__init__(status, payload, headers)
         self.payload = payload
 
 

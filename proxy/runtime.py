@@ -11,8 +11,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 from .accounts import Strategy
 from .config import Config, ConfigError, load
 from .logs import get_logger, redactor
@@ -40,9 +38,6 @@ class Runtime:
     @property
     def shared(self) -> SharedPool | None:
         return self.router.shared
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
 
 
 def build_runtime(config: Config) -> Runtime:

@@ -40,6 +40,9 @@ class _Stale(UpstreamProtocolError):
     upstream dropped it while idle, so the request can go on a new one."""
 
 
+NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
 class Response:
     """One upstream answer: status and headers, then the body, pulled or pushed."""
 
@@ -79,7 +82,7 @@ class Response:
         self._decoder: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self.status = 0
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.headers: CIMultiDictProxy[str] = NO_HEADERS
         self.content_type = "application/octet-stream"
 
     # -- the reader's side --------------------------------------------------------

@@ -14,7 +14,7 @@ import uvloop
 from aiohttp import web
 
 from proxy import config as cfg
-from proxy.app import start
+from proxy.app import Runner, start
 
 
 @dataclass
@@ -145,7 +145,7 @@ StartSeamline = Callable[..., Awaitable[str]]
 @pytest.fixture
 async def seamline() -> AsyncIterator[StartSeamline]:
     """Start seamline (the real runner) on a free port; returns its /v1 base URL."""
-    runners: list[web.AppRunner] = []
+    runners: list[Runner] = []
 
     async def _start(text: str, env: dict[str, str] | None = None) -> str:
         conf = cfg.parse(text, "test.toml", env or {})

@@ -30,7 +30,7 @@ from conftest import Reply, StartSeamline, Upstream, chunk, client, make_upstrea
 from proxy import config as cfg
 from proxy import logs
 from proxy.accounts import Limits, Pool
-from proxy.app import start
+from proxy.app import Runner, start
 from proxy.state import MemoryStore, Persister
 
 ADMIN_KEY = "admin-key-3f9a1c-secret"
@@ -992,7 +992,7 @@ def state_files(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.glob("state.db*")))
 
 
-async def start_seamline(text: str) -> tuple[web.AppRunner, str]:
+async def start_seamline(text: str) -> tuple[Runner, str]:
     runner = await start(cfg.parse(text, "test.toml", {}), "127.0.0.1", 0)
     host, port = runner.addresses[0][:2]
     return runner, f"http://{host}:{port}/v1"

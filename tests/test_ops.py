@@ -27,8 +27,7 @@ from structlog.testing import capture_logs
 
 from conftest import Reply, Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
 from proxy import config as cfg
-from proxy.app import RUNTIME, drain, start
-from proxy.middleware import GATE
+from proxy.app import Runner, drain, start
 from proxy.runtime import reload
 
 ADMIN_KEY = "admin-key-7c41d2-secret"
@@ -757,7 +756,7 @@ fuzzed_requests = st.builds(
 class Fuzz(NamedTuple):
     upstream: Upstream
     upstream_runner: web.AppRunner
-    runner: web.AppRunner
+    runner: Runner
     url: str
 
 
@@ -824,9 +823,9 @@ def _fuzz(loop: asyncio.AbstractEventLoop) -> None:
             assert refused.status == 400
             assert (await raw_request(fuzz.url, b"GET /readyz")).status == 200
             app = fuzz.runner.app
-            assert isinstance(app, web.Application)
-            assert app[GATE].in_flight == 0
-            assert not app[RUNTIME].streams
+
+            assert app.gate.in_flight == 0
+            assert not app.runtime.streams
 
         loop.run_until_complete(after())
         # Nothing reached the upstream outside the account's base_url ("../" included).
@@ -1274,7 +1273,6 @@ async def test_a_reload_applies_the_limits_and_routing_to_new_requests(
     runner = await start(cfg.load(path), "127.0.0.1", 0)
     try:
         app = runner.app
-        assert isinstance(app, web.Application)
         base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
         assert [(await post(base)).status for _ in range(2)] == [200, 200]
         assert (len(a.requests), len(b.requests)) == (2, 0)
@@ -1288,11 +1286,11 @@ async def test_a_reload_applies_the_limits_and_routing_to_new_requests(
             max_body_bytes=1000,
         )
         write_config(path, tighter)
-        assert reload(app[RUNTIME], str(path))
+        assert reload(app.runtime, str(path))
 
         assert [(await post(base)).status for _ in range(3)] == [200, 200, 429]
         assert (len(a.requests), len(b.requests)) == (4, 1)  # round robin now
-        app[GATE].windows.clear()  # a minute passes
+        app.gate.windows.clear()  # a minute passes
         big = request_body(padding="x" * 3000)
         assert (await post(base, big)).status == 413
         assert (await post(base, _chunked(big))).status == 413

@@ -1,0 +1,588 @@
+"""seamline's HTTP/1.1 server: httptools (llhttp) parsing, keep-alive, a task per request.
+
+Why not aiohttp's server: an open stream is mostly waiting, and what it holds while it
+waits is its cost. aiohttp keeps a request, its message, a payload reader, a writer and
+two tasks per connection (about 10 KiB); this keeps a parser, a small request and one
+task. The handler gets a ``Request`` and returns a ``Reply``, or streams its answer
+itself through ``Request.start_stream`` / ``send`` / ``end_stream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .errors import BadEncoding, BodyTooLarge, SeamlineError, UnsupportedEncoding
+
+# Past these a request is refused: llhttp itself has no limit on a head's size.
+MAX_URL = 8190
+MAX_HEAD = 65536
+MAX_HEADERS = 128
+KEEPALIVE_S = 75.0  # idle time allowed between requests, and for a head to arrive
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_NO_BODY = frozenset({204, 304})
+
+
+class Reply:
+    """A whole answer: status, headers, body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    prepared = False  # a streamed answer went out already; see ``Streamed``
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes = b"",
+        headers: CIMultiDict[str] | dict[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers: CIMultiDict[str] = CIMultiDict(headers or ())
+        if content_type is not None:
+            self.headers["Content-Type"] = content_type
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
+class Streamed(Reply):
+    """An answer the handler already sent, head and body, through the request."""
+
+    __slots__ = ()
+
+    prepared = True
+
+
+class _Refused(Exception):
+    """A request refused while its head is parsed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Request:
+    """One request: its head at once, its body as it arrives."""
+
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_expect",
+        "_size",
+        "_waiter",
+        "app",
+        "complete",
+        "headers",
+        "keep_alive",
+        "limit",
+        "method",
+        "outcome",
+        "path",
+        "query_string",
+        "raw_path",
+        "started",
+        "too_large",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: Connection,
+        method: str,
+        raw_path: str,
+        query_string: str,
+        headers: CIMultiDictProxy[str],
+        version: str,
+        keep_alive: bool,
+        limit: int,
+    ) -> None:
+        self._conn = conn
+        self.app: Any = conn.server.app
+        self.method = method
+        self.raw_path = raw_path
+        self.path = unquote(raw_path)
+        self.query_string = query_string
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.limit = limit
+        self.outcome: Any = None
+        self.complete = False
+        self.too_large = False
+        self.started = False  # the answer's head has gone out
+        self._body: list[bytes] = []
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._expect = headers.get("Expect", "").lower() == "100-continue"
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    @property
+    def chunked_ok(self) -> bool:
+        """The client reads chunked bodies (HTTP/1.1); HTTP/1.0 ones end at the close."""
+        return self.version != "1.0"
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; ``BodyTooLarge`` past ``limit`` bytes, as soon as it is."""
+        limit = min(limit, self.limit)
+        if self._expect:
+            self._expect = False
+            if not self.complete and not self._conn.closed:
+                # Asked now, not at the head: a refused request is not uploaded first.
+                self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while not self.complete and not self.too_large and self._size <= limit:
+            if self._conn.closed:
+                raise ConnectionResetError("the client closed the connection")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.too_large or self._size > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        body, self._body = b"".join(self._body), []
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        return _inflate(body, encoding, limit) if encoding not in ("", "identity") else body
+
+    def _piece(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._size += len(data)
+        if self._size > self.limit:
+            # Kept no further: the handler answers 413 and the connection closes.
+            self.too_large = True
+            self._body = []
+        else:
+            self._body.append(data)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- a streamed answer ------------------------------------------------------
+
+    def start_stream(self, status: int, headers: CIMultiDict[str], data: bytes) -> None:
+        """Send the head of a streamed answer together with its first bytes.
+
+        The request's own headers are let go: nothing reads them once the answer is
+        under way, and a stream can last minutes."""
+        self.started = True
+        self.headers = _NO_HEADERS
+        self._conn.idle_parser()
+        if self.chunked_ok:
+            headers["Transfer-Encoding"] = "chunked"
+            data = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        else:
+            # No length and no chunks: the end of the connection ends the body.
+            self.keep_alive = False
+        self._conn.write(self._conn.head(self, status, headers, None) + data)
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._conn.transport
+
+    async def drain(self) -> None:
+        """Wait until the client has taken what was written (the transport's high mark)."""
+        await self._conn.drain()
+
+    def end_stream(self) -> None:
+        if self.chunked_ok:
+            self._conn.write(b"0\r\n\r\n")
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body inflated, refused past ``limit`` bytes (a small body can
+    inflate to gigabytes)."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedEncoding(
+            f"request Content-Encoding {encoding!r} is not supported: use gzip, deflate or none"
+        )
+    # 47: a zlib or gzip header, told apart by the data; -15: raw deflate, which some
+    # clients send as "deflate".
+    for wbits in (47, -15):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes once inflated")
+        if inflater.eof:
+            return out
+    raise BadEncoding(f"request body is not valid {encoding} data")
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests parsed in order, answered one at a time."""
+
+    __slots__ = (
+        "_drain",
+        "_head_size",
+        "_headers",
+        "_in_head",
+        "_last",
+        "_parsing",
+        "_paused",
+        "_queue",
+        "_task",
+        "_timer",
+        "_url",
+        "closed",
+        "parser",
+        "server",
+        "transport",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        # Made when a request's first bytes arrive, and let go while a stream is
+        # relayed: an open stream should hold as little as it can.
+        self.parser: httptools.HttpRequestParser | None = None
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.closed = False
+        self._last = False  # no request after the current ones (an upgrade was asked)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_size = 0
+        self._parsing: Request | None = None  # the request whose bytes are arriving
+        self._queue: list[Request] = []  # pipelined requests waiting for their turn
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        self._idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self._last:
+            return
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An upgrade (h2c, websocket) is not taken: the request is answered as
+            # HTTP/1.1, and nothing after it is read.
+            self._last = True
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, str(cause))
+            else:
+                self._refuse(400, f"invalid HTTP request: {exc}")
+            return
+        if self._in_head:
+            # ``on_header`` sees a field only once it ends: a head that keeps growing
+            # without ending is refused here.
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD + MAX_URL:
+                self._refuse(431, f"request head exceeds {MAX_HEAD} bytes")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("the client closed the connection"))
+        for req in (self._parsing, *self._queue):
+            if req is not None:
+                req._wake()
+        if self._task is not None and not self._task.done():
+            # The client is gone: the handler stops at once (a silent upstream would
+            # otherwise hold it until its next byte).
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_URL:
+            raise _Refused(414, f"request URL exceeds {MAX_URL} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        if len(self._headers) > MAX_HEADERS:
+            raise _Refused(431, f"request has more than {MAX_HEADERS} header fields")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._timer is not None:
+            # Kept from the first byte of the head to its end: a head sent a byte at
+            # a time holds a connection no longer than an idle one.
+            self._timer.cancel()
+            self._timer = None
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Refused(400, "invalid request URL") from None
+        parser = self.parser
+        assert parser is not None
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for n, v in self._headers
+            )
+        )
+        self._headers = []
+        req = Request(
+            self,
+            parser.get_method().decode("ascii", "replace"),
+            (url.path or b"/").decode("utf-8", "surrogateescape"),
+            (url.query or b"").decode("utf-8", "surrogateescape"),
+            headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+            self.server.body_limit(),
+        )
+        self._url = b""
+        self._head_size = 0
+        self._parsing = req
+        if self._task is None:
+            self._start(req)
+        else:
+            # Pipelined: answered in order, once the one before is. Reading stops
+            # meanwhile, so a pipelining client cannot queue without bound.
+            self._queue.append(req)
+            self.transport.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing._piece(body)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        if req is not None:
+            self._parsing = None
+            req.complete = True
+            req._wake()
+
+    # -- answering --------------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._answer(req))
+
+    async def _answer(self, req: Request) -> None:
+        try:
+            reply = await self.server.handler(req)
+        except asyncio.CancelledError:
+            self._close()
+            raise
+        except Exception:
+            # The handler answers every error it knows; this is a bug, and the
+            # client must still not wait for an answer that will never come.
+            self.server.log_error("unhandled_error", req)
+            reply = None
+        if reply is None or (req.started and not reply.prepared):
+            self._close()
+            return
+        if not reply.prepared:
+            if not req.complete:
+                # Answered before the body arrived (401, 413): the rest of it is
+                # not read, so the connection cannot carry another request.
+                req.keep_alive = False
+            self.write(self.reply_bytes(req, reply))
+        self._next(req)
+
+    def _next(self, done: Request) -> None:
+        self._task = None
+        if self.closed:
+            return
+        if not done.keep_alive or not done.complete or self._last:
+            self._close()
+            return
+        if self._queue:
+            req = self._queue.pop(0)
+            if not self._queue:
+                self.transport.resume_reading()
+            self._start(req)
+        elif self._parsing is None:
+            self._idle()
+
+    def reply_bytes(self, req: Request, reply: Reply) -> bytes:
+        body = reply.body
+        if reply.status in _NO_BODY:
+            body = b""
+        head = self.head(req, reply.status, reply.headers, len(body))
+        return head if req.method == "HEAD" else head + body
+
+    def head(
+        self, req: Request, status: int, headers: CIMultiDict[str], length: int | None
+    ) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
+        for name, value in headers.items():
+            if name.lower() in ("content-length", "transfer-encoding", "connection", "date"):
+                continue
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                continue  # never a header that would split the head
+            lines.append(f"{name}: {value}")
+        if "Transfer-Encoding" in headers and length is None:
+            lines.append("Transfer-Encoding: chunked")
+        if length is not None and status not in _NO_BODY:
+            lines.append(f"Content-Length: {length}")
+        lines.append(f"Date: {http_date()}")
+        if not req.keep_alive or self.server.closing or self._last:
+            req.keep_alive = False
+            lines.append("Connection: close")
+        elif req.version == "1.0":
+            lines.append("Connection: keep-alive")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        if not self._paused:
+            return
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drain)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request that could not be parsed, and close."""
+        if self._task is None and not self.closed:
+            err = SeamlineError(message)
+            err.status = status
+            err.error_type = "invalid_request_error"
+            body = err.json_bytes()
+            head = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"Date: {http_date()}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            self.transport.write(head + body)
+        self._close()
+
+    def _idle(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def idle_parser(self) -> None:
+        """Let the parser go while no request is arriving (one is made again for the
+        next request's first bytes)."""
+        if self._parsing is None and not self._in_head:
+            self.parser = None
+
+    def busy(self) -> bool:
+        return self._task is not None
+
+
+class Server:
+    """Listening sockets and their connections; ``handler`` answers each request."""
+
+    def __init__(
+        self,
+        app: Any,
+        handler: Handler,
+        body_limit: Callable[[], int],
+        log_error: Callable[[str, Request], None],
+    ) -> None:
+        self.app = app
+        self.handler = handler
+        self.body_limit = body_limit
+        self.log_error = log_error
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self._servers: list[asyncio.Server] = []
+
+    async def listen(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(
+            lambda: Connection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self._servers.append(srv)
+
+    @property
+    def addresses(self) -> list[Any]:
+        return [s.getsockname() for srv in self._servers for s in srv.sockets]
+
+    async def stop_listening(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        # Open connections stay, so that a load balancer's probe on one still hears
+        # "draining"; each answer from now on closes its connection.
+        self.closing = True
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop listening, give handlers ``grace`` seconds, then cancel them."""
+        await self.stop_listening()
+        tasks = [c._task for c in self.connections if c._task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for conn in list(self.connections):
+            task = conn._task
+            conn._close()
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 1)
+        self._servers.clear()
+
+
+_date: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header's value, made once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]
