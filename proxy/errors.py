@@ -53,6 +53,12 @@ class UnsupportedEncoding(SeamlineError):
     code = "unsupported_content_encoding"
 
 
+class RequestTimeout(SeamlineError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class Unauthorized(SeamlineError):
     status = 401
     error_type = "invalid_request_error"

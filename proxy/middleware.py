@@ -196,7 +196,8 @@ def check_client(request: Request, keys: tuple[str, ...]) -> None:
     """401 unless the request carries one of ``keys`` (when any are configured)."""
     if not keys:
         return
-    given = client_key(request).encode()
+    # The header was read as latin-1: this is the client's bytes, whatever they encode.
+    given = client_key(request).encode("latin-1", "replace")
     ok = False
     for key in keys:  # compare with every key, so timing says nothing about which
         ok |= hmac.compare_digest(given, key.encode())

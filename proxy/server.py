@@ -22,7 +22,14 @@ from urllib.parse import unquote
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import BadEncoding, BodyTooLarge, SeamlineError, UnsupportedEncoding
+from .errors import (
+    BadEncoding,
+    BodyTooLarge,
+    ClientRequestError,
+    RequestTimeout,
+    SeamlineError,
+    UnsupportedEncoding,
+)
 
 # Past these a request is refused: llhttp itself has no limit on a head's size.
 MAX_URL = 8190
@@ -85,6 +92,7 @@ class Request:
         "_size",
         "_waiter",
         "app",
+        "bad",
         "complete",
         "headers",
         "keep_alive",
@@ -123,6 +131,7 @@ class Request:
         self.outcome: Any = None
         self.complete = False
         self.too_large = False
+        self.bad: str | None = None  # why the rest of its body could not be parsed
         self.started = False  # the answer's head has gone out
         self._body: list[bytes] = []
         self._size = 0
@@ -148,11 +157,21 @@ class Request:
                 # Asked now, not at the head: a refused request is not uploaded first.
                 self._conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self.complete and not self.too_large and self._size <= limit:
+            if self.bad is not None:
+                raise ClientRequestError(self.bad)
             if self._conn.closed:
                 raise ConnectionResetError("the client closed the connection")
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await self._waiter
+                # A body that stops arriving holds its connection no longer than an
+                # idle one.
+                async with asyncio.timeout(self._conn.server.keepalive):
+                    await self._waiter
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"request body stalled: nothing of it arrived for "
+                    f"{self._conn.server.keepalive:g}s"
+                ) from None
             finally:
                 self._waiter = None
         if self.too_large or self._size > limit:
@@ -356,6 +375,9 @@ class Connection(asyncio.Protocol):
             # a time holds a connection no longer than an idle one.
             self._timer.cancel()
             self._timer = None
+        if sum(len(n) + len(v) for n, v in self._headers) > MAX_HEAD:
+            # A head that arrived whole in one read was never counted by data_received.
+            raise _Refused(431, f"request head exceeds {MAX_HEAD} bytes")
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -364,7 +386,9 @@ class Connection(asyncio.Protocol):
         assert parser is not None
         headers = CIMultiDictProxy(
             CIMultiDict(
-                (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                # Latin-1: every byte stays itself on the way upstream (wire.py writes
+                # header values as latin-1).
+                (n.decode("latin-1"), v.decode("latin-1"))
                 for n, v in self._headers
             )
         )
@@ -432,7 +456,7 @@ class Connection(asyncio.Protocol):
         self._task = None
         if self.closed:
             return
-        if not done.keep_alive or not done.complete or self._last:
+        if not done.keep_alive or not done.complete or (self._last and not self._queue):
             self._close()
             return
         if self._queue:
@@ -465,12 +489,14 @@ class Connection(asyncio.Protocol):
         if length is not None and status not in _NO_BODY:
             lines.append(f"Content-Length: {length}")
         lines.append(f"Date: {http_date()}")
-        if not req.keep_alive or self.server.closing or self._last:
+        if not req.keep_alive or self.server.closing or (self._last and not self._queue):
             req.keep_alive = False
             lines.append("Connection: close")
         elif req.version == "1.0":
             lines.append("Connection: keep-alive")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        # Latin-1: the upstream's header bytes were read as latin-1 (wire.py), and go
+        # back out as the same bytes; seamline's own headers are ASCII.
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
     def write(self, data: bytes) -> None:
         if self.closed or self.transport.is_closing():
@@ -488,7 +514,19 @@ class Connection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request that could not be parsed, and close."""
-        if self._task is None and not self.closed:
+        if self._task is not None and not self.closed:
+            # Bad bytes while a request is answered: nothing more is read. Requests
+            # queued before them are answered, the last one with "Connection: close";
+            # one whose own body they are is refused by its ``read``.
+            self._last = True
+            req, self._parsing = self._parsing, None
+            if req in self._queue:
+                self._queue.remove(req)
+            elif req is not None:
+                req.bad = message
+                req._wake()
+            return
+        if not self.closed:
             err = SeamlineError(message)
             err.status = status
             err.error_type = "invalid_request_error"
@@ -504,7 +542,7 @@ class Connection(asyncio.Protocol):
     def _idle(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(KEEPALIVE_S, self._close)
+        self._timer = asyncio.get_running_loop().call_later(self.server.keepalive, self._close)
 
     def _close(self) -> None:
         if not self.closed:
@@ -530,8 +568,10 @@ class Server:
         handler: Handler,
         body_limit: Callable[[], int],
         log_error: Callable[[str, Request], None],
+        keepalive: float = KEEPALIVE_S,
     ) -> None:
         self.app = app
+        self.keepalive = keepalive
         self.handler = handler
         self.body_limit = body_limit
         self.log_error = log_error

@@ -1,0 +1,946 @@
+"""seamline's HTTP/1.1 server end to end: exact bytes over loopback sockets to a real
+seamline (started in process), with the scripted upstream behind it where a /v1
+request needs one. Keep-alive, pipelining, HTTP/1.0, malformed and oversized requests,
+request body encodings, upgrades, timeouts, client disconnects and drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import gzip
+import json
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, NamedTuple
+
+import pytest
+from structlog.testing import capture_logs
+
+from conftest import Upstream, chunk, config_text, sse_stream
+from proxy import config as cfg
+from proxy.app import Runner, drain, start
+
+# An account that is never called: tests without a /v1 request need no upstream.
+NOWHERE = "http://127.0.0.1:9/v1"
+ROUTE = b"/v1/chat/completions"
+# Asks for the usage already: it goes upstream byte for byte.
+CHAT = json.dumps(
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+).encode()
+# A header field as RFC 9110 allows it: a token, a colon, a value without CR or LF.
+FIELD = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[^\r\n]*$")
+
+Serve = Callable[..., Awaitable[Runner]]
+
+
+class Answer(NamedTuple):
+    """One answer as it came off the wire."""
+
+    status: int
+    head: bytes  # the status line and header lines, without the blank line
+    headers: dict[str, str]  # names lower-cased
+    body: bytes  # dechunked
+    wire_body: bytes  # the body's bytes as sent (chunk framing included)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Peer:
+    """A raw client connection: write exact bytes, read exact answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, *, head_request: bool = False, within: float = 5) -> Answer:
+        async with asyncio.timeout(within):
+            return await read_answer(self.reader, head_request=head_request)
+
+    async def closed(self, within: float = 5) -> bool:
+        """True once the server closed the connection with nothing more sent."""
+        async with asyncio.timeout(within):
+            try:
+                return await self.reader.read() == b""
+            except ConnectionResetError:
+                return True
+
+
+async def read_answer(reader: asyncio.StreamReader, *, head_request: bool = False) -> Answer:
+    """One HTTP/1.1 answer: Content-Length, chunked, or up to the connection's end."""
+    head = (await reader.readuntil(b"\r\n\r\n"))[:-4]
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return Answer(status, head, headers, b"", b"")
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        wire: list[bytes] = []
+        body: list[bytes] = []
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            wire.append(size_line)
+            size = int(size_line.split(b";")[0], 16)
+            if not size:
+                end = await reader.readuntil(b"\r\n")
+                assert end == b"\r\n", f"trailer or junk after the last chunk: {end!r}"
+                wire.append(end)
+                break
+            data = await reader.readexactly(size + 2)
+            assert data.endswith(b"\r\n"), data[-20:]
+            wire.append(data)
+            body.append(data[:-2])
+        return Answer(status, head, headers, b"".join(body), b"".join(wire))
+    if "content-length" in headers:
+        data = await reader.readexactly(int(headers["content-length"]))
+        return Answer(status, head, headers, data, data)
+    data = await reader.read()
+    return Answer(status, head, headers, data, data)
+
+
+@contextlib.asynccontextmanager
+async def connect(runner: Runner) -> AsyncIterator[Peer]:
+    host, port = runner.addresses[0][:2]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        yield Peer(reader, writer)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _frozen_heap() -> Iterator[None]:
+    """What exists before these tests is left out of their collections: each is quick."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+async def no_loop_errors(_frozen_heap: None) -> AsyncIterator[None]:
+    """Fail on what the loop would only log: a task's exception nobody retrieved, say."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    yield
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert errors == []
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start seamline (``proxy.app.start``) with one account; returns its runner."""
+    runners: list[Runner] = []
+
+    async def _start(url: str = NOWHERE, server: str = "") -> Runner:
+        conf = cfg.parse(config_text(("a", url), server=server), "test.toml", {})
+        runner = await start(conf, "127.0.0.1", 0)
+        runners.append(runner)
+        return runner
+
+    yield _start
+    for r in runners:
+        await r.cleanup()
+
+
+def get(path: bytes, *headers: bytes, method: bytes = b"GET", version: bytes = b"1.1") -> bytes:
+    lines = [method + b" " + path + b" HTTP/" + version, b"Host: seamline", *headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def post(
+    body: bytes = CHAT, *headers: bytes, path: bytes = ROUTE, version: bytes = b"1.1"
+) -> bytes:
+    lines = [
+        b"POST " + path + b" HTTP/" + version,
+        b"Host: seamline",
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        *headers,
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    """Wait (two seconds at most) until ``cond()`` holds."""
+    async with asyncio.timeout(2):
+        while True:
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+
+
+def error_of(answer: Answer) -> dict[str, Any]:
+    """The OpenAI-format error of an answer, checked for its shape."""
+    assert answer.headers["content-type"].startswith("application/json"), answer.head
+    body = answer.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    err: dict[str, Any] = body["error"]
+    return err
+
+
+STREAM = b"".join(sse_stream("one", "two"))
+
+
+# -- 1. keep-alive -------------------------------------------------------------------------
+
+
+async def test_two_requests_on_one_connection_are_both_answered(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        for path in (b"/healthz", b"/readyz"):
+            await peer.send(get(path))
+            answer = await peer.answer()
+            assert answer.status == 200, answer.head
+            assert "connection" not in answer.headers  # HTTP/1.1: kept alive by default
+        assert answer.json()["status"] == "ready"
+
+
+async def test_a_streamed_completion_then_healthz_share_one_connection(
+    upstream: Upstream, serve: Serve
+) -> None:
+    upstream.script(*sse_stream("one", "two"))
+    runner = await serve(upstream.url)
+    async with connect(runner) as peer:
+        await peer.send(post())
+        stream = await peer.answer()
+        assert stream.status == 200
+        assert stream.headers["transfer-encoding"] == "chunked"
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert "connection" not in stream.headers
+        assert stream.body == STREAM
+        assert stream.wire_body.endswith(b"\r\n0\r\n\r\n")
+        await peer.send(get(b"/healthz"))
+        health = await peer.answer()
+        assert health.status == 200
+        assert health.json() == {"status": "ok"}
+    assert len(upstream.requests) == 1
+
+
+async def test_connection_close_from_the_client_is_answered_and_the_connection_closed(
+    serve: Serve,
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(get(b"/healthz", b"Connection: close"))
+        answer = await peer.answer()
+        assert answer.status == 200
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+
+
+# -- 2. pipelining -------------------------------------------------------------------------
+
+
+async def test_three_pipelined_requests_are_answered_in_order(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(get(b"/healthz") + get(b"/nope") + get(b"/readyz"))
+        answers = [await peer.answer() for _ in range(3)]
+        assert [a.status for a in answers] == [200, 404, 200]
+        assert answers[0].json() == {"status": "ok"}
+        assert error_of(answers[1])["code"] == "not_found"
+        assert answers[2].json()["status"] == "ready"
+        # Still open: one more request is answered.
+        await peer.send(get(b"/healthz"))
+        assert (await peer.answer()).status == 200
+
+
+async def test_a_request_pipelined_behind_a_stream_is_answered_after_the_stream(
+    upstream: Upstream, serve: Serve
+) -> None:
+    upstream.script(*sse_stream("one", "two"), pause=0.05)
+    runner = await serve(upstream.url)
+    async with connect(runner) as peer:
+        await peer.send(post() + get(b"/healthz") + post(b'{"model": "m"'))
+        stream = await peer.answer()
+        assert stream.status == 200
+        assert stream.body == STREAM
+        assert stream.wire_body.endswith(b"\r\n0\r\n\r\n")
+        health = await peer.answer()
+        assert health.status == 200
+        assert health.json() == {"status": "ok"}
+        bad = await peer.answer()
+        assert bad.status == 400
+        assert error_of(bad)["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", id="garbage-head"),
+        pytest.param(
+            b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-body"
+        ),
+    ],
+)
+async def test_requests_pipelined_before_bad_bytes_are_answered_then_the_connection_closes(
+    serve: Serve, bad: bytes
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(get(b"/healthz") + get(b"/readyz") + bad)
+        first = await peer.answer()
+        assert first.status == 200
+        assert first.json() == {"status": "ok"}
+        assert "connection" not in first.headers
+        last = await peer.answer()
+        assert last.status == 200
+        assert last.json()["status"] == "ready"
+        assert last.headers["connection"] == "close"  # nothing after it is read
+        assert await peer.closed()
+
+
+# -- 3. HTTP/1.0 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+async def test_an_http_10_stream_is_unchunked_and_ends_with_the_connection(
+    upstream: Upstream, serve: Serve, keep_alive: bool
+) -> None:
+    upstream.script(*sse_stream("one", "two"))
+    runner = await serve(upstream.url)
+    extra = (b"Connection: keep-alive",) if keep_alive else ()
+    async with connect(runner) as peer:
+        await peer.send(post(CHAT, *extra, version=b"1.0"))
+        answer = await peer.answer()
+        assert answer.status == 200
+        assert "transfer-encoding" not in answer.headers
+        assert "content-length" not in answer.headers
+        assert answer.headers["connection"] == "close"
+        assert answer.body == STREAM  # read up to the connection's end
+        assert await peer.closed()
+
+
+async def test_http_10_keep_alive_keeps_the_connection(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        for _ in range(2):
+            await peer.send(get(b"/healthz", b"Connection: keep-alive", version=b"1.0"))
+            answer = await peer.answer()
+            assert answer.status == 200
+            assert answer.headers["connection"].lower() == "keep-alive"
+            assert answer.json() == {"status": "ok"}
+        # Without keep-alive, an HTTP/1.0 answer ends the connection.
+        await peer.send(get(b"/healthz", version=b"1.0"))
+        answer = await peer.answer()
+        assert answer.status == 200
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+
+
+# -- 4. malformed requests -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(64)), id="tls"),
+        pytest.param(b"\x00\x01garbage\r\n\r\n", id="garbage"),
+        pytest.param(b"GET\r\n\r\n", id="no-target"),
+        pytest.param(b"GET /healthz HTTP/9.9\r\nHost: s\r\n\r\n", id="bad-version"),
+        pytest.param(b"GET /health z HTTP/1.1\r\nHost: s\r\n\r\n", id="space-in-target"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nBad Name: x\r\n\r\n", id="space-in-name"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", id="nul-in-value"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\rb: c\r\n\r\n", id="bare-cr"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\r\n folded\r\n\r\n", id="obs-fold"),
+        pytest.param(b"POST /v1/x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n1", id="bad-length"),
+        pytest.param(
+            b"POST /v1/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            id="two-lengths",
+        ),
+        pytest.param(
+            b"POST /v1/x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"0\r\n\r\n",
+            id="length-and-chunked",
+        ),
+        pytest.param(
+            b"POST /v1/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+            id="bad-chunk-size",
+        ),
+        pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", id="connect"),
+    ],
+)
+async def test_a_malformed_request_gets_a_400_json_error_and_the_connection_closes(
+    serve: Serve, data: bytes
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(data)
+        answer = await peer.answer()
+        assert answer.status == 400, answer.head
+        assert answer.headers["connection"] == "close"
+        assert error_of(answer)["type"] == "invalid_request_error"
+        assert await peer.closed()
+
+
+async def test_a_bad_chunk_in_a_body_being_read_is_a_400_and_closed(
+    upstream: Upstream, serve: Serve
+) -> None:
+    runner = await serve(upstream.url)
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"a":\r\n'
+        )
+        await asyncio.sleep(0.05)  # the handler waits for the rest of the body
+        await peer.send(b"5\r\n1}   \r\nzz\r\n")
+        answer = await peer.answer()
+        assert answer.status == 400
+        assert error_of(answer)["message"].startswith("invalid HTTP request")
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+    assert upstream.requests == []
+
+
+# -- 5. oversized heads --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("length", "status"), [(8190, 404), (8191, 414)])
+async def test_a_url_over_8190_bytes_is_414(serve: Serve, length: int, status: int) -> None:
+    runner = await serve()
+    target = b"/x" + b"a" * (length - 2)
+    async with connect(runner) as peer:
+        await peer.send(get(target))
+        answer = await peer.answer()
+        assert answer.status == status, answer.head
+        err = error_of(answer)
+        if status == 414:
+            assert err["message"] == "request URL exceeds 8190 bytes"
+            assert answer.headers["connection"] == "close"
+            assert await peer.closed()
+
+
+@pytest.mark.parametrize(("fields", "status"), [(128, 200), (129, 431)])
+async def test_more_than_128_header_fields_is_431(serve: Serve, fields: int, status: int) -> None:
+    runner = await serve()
+    extra = [b"X-F%d: v" % i for i in range(fields - 1)]  # and Host
+    async with connect(runner) as peer:
+        await peer.send(get(b"/healthz", *extra))
+        answer = await peer.answer()
+        assert answer.status == status, answer.head
+        if status == 431:
+            assert error_of(answer)["message"] == "request has more than 128 header fields"
+            assert answer.headers["connection"] == "close"
+            assert await peer.closed()
+
+
+async def test_a_head_that_keeps_growing_is_431_and_closed(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(b"GET /healthz HTTP/1.1\r\nHost: s\r\nX-Big: ")
+        answering = asyncio.create_task(read_answer(peer.reader))
+        sent = 0
+        while not answering.done() and sent < 80 * 1024:  # one value, never ended
+            await peer.send(b"a" * 8192)
+            sent += 8192
+            await asyncio.wait({answering}, timeout=0.05)
+        async with asyncio.timeout(5):
+            answer = await answering
+        assert answer.status == 431, answer.head
+        assert error_of(answer)["message"] == "request head exceeds 65536 bytes"
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+
+
+@pytest.mark.parametrize(("size", "status"), [(65000, 200), (70000, 431)])
+async def test_a_whole_head_over_64_kib_sent_at_once_is_431(
+    serve: Serve, size: int, status: int
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(get(b"/healthz", b"X-Big: " + b"a" * size))
+        answer = await peer.answer()
+        assert answer.status == status, answer.head
+        if status == 431:
+            assert error_of(answer)["message"] == "request head exceeds 65536 bytes"
+            assert answer.headers["connection"] == "close"
+            assert await peer.closed()
+
+
+# -- 6. request bodies over max_body_bytes ------------------------------------------------
+
+
+async def test_a_content_length_over_max_body_bytes_is_413_before_the_body_is_sent(
+    upstream: Upstream, serve: Serve
+) -> None:
+    runner = await serve(upstream.url, "max_body_bytes = 1024")
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nContent-Length: 5000\r\n\r\n"
+        )
+        answer = await peer.answer()  # the body was never sent
+        assert answer.status == 413
+        assert error_of(answer)["code"] == "request_too_large"
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+    assert upstream.requests == []
+
+
+async def test_a_chunked_body_that_grows_past_max_body_bytes_is_413_and_closed(
+    upstream: Upstream, serve: Serve
+) -> None:
+    runner = await serve(upstream.url, "max_body_bytes = 1024")
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await peer.send(b"400\r\n" + b" " * 1024 + b"\r\n")
+        await peer.send(b"10\r\n" + b" " * 16 + b"\r\n")  # never ended with 0\r\n\r\n
+        answer = await peer.answer()
+        assert answer.status == 413
+        assert error_of(answer)["message"] == "request body exceeds 1024 bytes"
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+    assert upstream.requests == []
+
+
+# -- 7. request body encodings -------------------------------------------------------------
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=-15)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        pytest.param(b"gzip", gzip.compress, id="gzip"),
+        pytest.param(b"x-gzip", gzip.compress, id="x-gzip"),
+        pytest.param(b"deflate", zlib.compress, id="deflate-zlib"),
+        pytest.param(b"deflate", _raw_deflate, id="deflate-raw"),
+    ],
+)
+async def test_a_compressed_request_body_reaches_the_upstream_inflated(
+    upstream: Upstream, serve: Serve, encoding: bytes, compress: Callable[[bytes], bytes]
+) -> None:
+    upstream.script(*sse_stream("ok"))
+    runner = await serve(upstream.url)
+    async with connect(runner) as peer:
+        await peer.send(post(compress(CHAT), b"Content-Encoding: " + encoding))
+        answer = await peer.answer()
+        assert answer.status == 200, answer.body
+        assert answer.body == b"".join(sse_stream("ok"))
+    assert upstream.requests[0]["body"] == CHAT
+    assert "content-encoding" not in {k.lower() for k in upstream.requests[0]["headers"]}
+
+
+async def test_a_gzip_bomb_past_max_body_bytes_is_413(upstream: Upstream, serve: Serve) -> None:
+    runner = await serve(upstream.url, "max_body_bytes = 65536")
+    bomb = gzip.compress(CHAT[:-1] + b" " * 10_000_000 + b"}")
+    assert len(bomb) < 65536
+    async with connect(runner) as peer:
+        await peer.send(post(bomb, b"Content-Encoding: gzip"))
+        answer = await peer.answer()
+        assert answer.status == 413
+        err = error_of(answer)
+        assert err["code"] == "request_too_large"
+        assert "inflated" in err["message"]
+    assert upstream.requests == []
+
+
+BAD_ENCODING = "invalid_content_encoding"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "code"),
+    [
+        pytest.param(b"br", b"\x1b\x03\x00", 415, "unsupported_content_encoding", id="br"),
+        pytest.param(b"gzip", b"\x1f\x8b\x08\x00garbage", 400, BAD_ENCODING, id="corrupt-gzip"),
+        pytest.param(b"gzip", gzip.compress(CHAT)[:-12], 400, BAD_ENCODING, id="cut-gzip"),
+        pytest.param(b"deflate", b"not deflate at all", 400, BAD_ENCODING, id="not-deflate"),
+    ],
+)
+async def test_an_unreadable_request_body_encoding_is_refused_with_json(
+    upstream: Upstream, serve: Serve, encoding: bytes, body: bytes, status: int, code: str
+) -> None:
+    runner = await serve(upstream.url)
+    async with connect(runner) as peer:
+        await peer.send(post(body, b"Content-Encoding: " + encoding))
+        answer = await peer.answer()
+        assert answer.status == status, answer.body
+        assert error_of(answer)["code"] == code
+        # The body was read whole: the connection carries the next request.
+        await peer.send(get(b"/healthz"))
+        assert (await peer.answer()).status == 200
+    assert upstream.requests == []
+
+
+# -- 8. methods and paths ------------------------------------------------------------------
+
+
+async def test_head_healthz_has_a_content_length_and_no_body(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        # Pipelined: a body after the HEAD answer would show up as the next answer.
+        await peer.send(get(b"/healthz", method=b"HEAD") + get(b"/healthz"))
+        head = await peer.answer(head_request=True)
+        assert head.status == 200
+        whole = await peer.answer()
+        assert whole.status == 200
+        assert whole.body == b'{"status": "ok"}'
+        assert head.headers["content-length"] == str(len(whole.body))
+        assert head.headers["content-type"] == whole.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        pytest.param(get(ROUTE, b"Content-Length: 0", method=b"PUT"), 405, "method_not_allowed"),
+        pytest.param(get(b"/healthz", method=b"POST"), 405, "method_not_allowed"),
+        pytest.param(get(b"/metrics", method=b"DELETE"), 405, "method_not_allowed"),
+        pytest.param(get(b"/nope"), 404, "not_found"),
+        pytest.param(get(b"/v1"), 404, "not_found"),
+        pytest.param(get(b"/v1/"), 404, "not_found"),
+        pytest.param(get(b"/v1/../healthz"), 404, "not_found"),
+        pytest.param(get(b"/v1/./models"), 404, "not_found"),
+        pytest.param(get(b"/v1/%2e%2e/x"), 404, "not_found"),
+        pytest.param(get(b"/v1/models/.."), 404, "not_found"),
+    ],
+)
+async def test_a_wrong_method_or_path_gets_a_json_error(
+    serve: Serve, request_bytes: bytes, status: int, code: str
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(request_bytes)
+        answer = await peer.answer()
+        assert answer.status == status, answer.head
+        assert error_of(answer)["code"] == code
+        assert answer.headers["x-request-id"]
+        assert "connection" not in answer.headers  # a refused request keeps the connection
+
+
+async def test_an_absolute_form_target_is_served_by_its_path(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(get(b"http://seamline/healthz"))
+        answer = await peer.answer()
+        assert answer.status == 200
+        assert answer.json() == {"status": "ok"}
+
+
+# -- 9. upgrades ---------------------------------------------------------------------------
+
+
+async def test_an_h2c_upgrade_is_answered_as_http_11_and_the_connection_closed(
+    serve: Serve,
+) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        # As curl --http2 asks, then (were it upgraded) the HTTP/2 preface.
+        await peer.send(
+            get(
+                b"/healthz",
+                b"Connection: Upgrade, HTTP2-Settings",
+                b"Upgrade: h2c",
+                b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+            )
+        )
+        answer = await peer.answer()
+        assert answer.head.startswith(b"HTTP/1.1 200 ")
+        assert answer.json() == {"status": "ok"}
+        assert answer.headers["connection"] == "close"
+        assert "upgrade" not in answer.headers
+        assert await peer.closed()
+
+
+async def test_an_upgrade_pipelined_behind_a_request_is_answered_after_it(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        upgrade = get(b"/readyz", b"Connection: Upgrade", b"Upgrade: websocket")
+        await peer.send(get(b"/healthz") + upgrade + get(b"/healthz"))
+        first = await peer.answer()
+        assert first.status == 200
+        assert "connection" not in first.headers
+        second = await peer.answer()
+        assert second.status == 200
+        assert second.json()["status"] == "ready"
+        assert second.headers["connection"] == "close"
+        assert await peer.closed()  # the bytes after the upgrade request are not read
+
+
+# -- 10. timeouts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        pytest.param(b"", id="nothing"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: s\r\n", id="part-of-a-head"),
+    ],
+)
+async def test_a_client_that_sends_no_whole_head_is_closed_after_the_keepalive_timeout(
+    serve: Serve, sent: bytes
+) -> None:
+    runner = await serve()
+    runner.server.keepalive = 0.3
+    async with connect(runner) as peer:
+        began = time.monotonic()
+        await peer.send(sent)
+        assert await peer.closed(within=2)
+        assert 0.25 < time.monotonic() - began < 1.5
+
+
+async def test_a_head_sent_slowly_is_closed_at_the_keepalive_timeout_from_its_start(
+    serve: Serve,
+) -> None:
+    runner = await serve()
+    runner.server.keepalive = 0.3
+    async with connect(runner) as peer:
+        began = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            for byte in get(b"/healthz"):  # a byte every 50 ms: 1.6 s for the whole head
+                await peer.send(bytes([byte]))
+                await asyncio.sleep(0.05)
+                if peer.reader.at_eof():
+                    break
+        assert await peer.closed(within=2)
+        assert time.monotonic() - began < 1.0
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    serve: Serve,
+) -> None:
+    runner = await serve()
+    runner.server.keepalive = 0.3
+    async with connect(runner) as peer:
+        await asyncio.sleep(0.2)
+        await peer.send(get(b"/healthz"))
+        assert (await peer.answer()).status == 200
+        # A request inside the timeout is answered, and starts it again.
+        await asyncio.sleep(0.2)
+        await peer.send(get(b"/healthz"))
+        assert (await peer.answer()).status == 200
+        answered = time.monotonic()
+        assert await peer.closed(within=2)
+        assert 0.25 < time.monotonic() - answered < 1.5
+
+
+async def test_a_body_that_stops_arriving_is_408_at_the_keepalive_timeout(
+    upstream: Upstream, serve: Serve
+) -> None:
+    runner = await serve(upstream.url)
+    runner.server.keepalive = 0.3
+    async with connect(runner) as peer:
+        began = time.monotonic()
+        await peer.send(post(CHAT)[:-10])  # the head and all but 10 bytes of the body
+        answer = await peer.answer(within=2)
+        assert answer.status == 408
+        assert error_of(answer)["code"] == "request_timeout"
+        assert answer.headers["connection"] == "close"
+        assert 0.25 < time.monotonic() - began < 1.5
+        assert await peer.closed()
+    assert upstream.requests == []
+
+
+async def test_header_bytes_outside_ascii_reach_the_upstream_unchanged(
+    upstream: Upstream, serve: Serve
+) -> None:
+    upstream.script(*sse_stream("ok"))
+    runner = await serve(upstream.url)
+    value = "café ☕".encode()  # UTF-8 bytes, as a client would send them
+    async with connect(runner) as peer:
+        await peer.send(post(CHAT, b"X-Note: " + value))
+        assert (await peer.answer()).status == 200
+    sent = {k.lower(): v for k, v in upstream.requests[0]["headers"].items()}
+    # aiohttp (the scripted upstream) reads header bytes as UTF-8.
+    assert sent["x-note"].encode("utf-8", "surrogateescape") == value
+
+
+# -- 11. a client that leaves mid-stream ---------------------------------------------------
+
+
+async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged_499(
+    upstream: Upstream, serve: Serve
+) -> None:
+    first = b"data: " + chunk("thinking") + b"\n\n"
+    upstream.script(first, ending="hang")
+    runner = await serve(upstream.url)
+    loop = asyncio.get_running_loop()
+    with capture_logs() as logs:
+        async with connect(runner) as peer:
+            await peer.send(post())
+            async with asyncio.timeout(5):
+                head = await peer.reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 ")
+                size = await peer.reader.readuntil(b"\r\n")
+                assert await peer.reader.readexactly(int(size, 16) + 2) == first + b"\r\n"
+            peer.writer.transport.abort()
+        gone = loop.time()
+        await until(lambda: bool(upstream.closed) and any(e["event"] == "request" for e in logs))
+    assert upstream.closed[0] - gone < 1.0
+    lines = [e for e in logs if e["event"] == "request"]
+    assert len(lines) == 1
+    assert lines[0]["status"] == 499
+    assert lines[0]["client_gone"] is True
+    assert lines[0]["route"] == "/v1/chat/completions"
+
+
+# -- 12. Expect: 100-continue --------------------------------------------------------------
+
+
+async def test_a_refused_request_expecting_100_continue_gets_its_401_without_a_100(
+    upstream: Upstream, serve: Serve
+) -> None:
+    runner = await serve(upstream.url, 'api_keys = ["good-client-key"]')
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer wrong\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(CHAT)
+        )
+        answer = await peer.answer()  # the first answer, and the only one
+        assert answer.status == 401
+        assert error_of(answer)["code"] == "invalid_api_key"
+        assert answer.headers["connection"] == "close"  # the body was never read
+        assert await peer.closed()
+    assert upstream.requests == []
+
+
+async def test_an_accepted_request_expecting_100_continue_gets_it_then_its_answer(
+    upstream: Upstream, serve: Serve
+) -> None:
+    upstream.script(*sse_stream("ok"))
+    runner = await serve(upstream.url, 'api_keys = ["good-client-key"]')
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\n"
+            b"Authorization: Bearer good-client-key\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(CHAT)
+        )
+        interim = await peer.answer()
+        assert interim.head == b"HTTP/1.1 100 Continue"
+        await peer.send(CHAT)
+        answer = await peer.answer()
+        assert answer.status == 200
+        assert answer.body == b"".join(sse_stream("ok"))
+        # Kept alive: the body was read whole.
+        await peer.send(get(b"/healthz"))
+        assert (await peer.answer()).status == 200
+    assert upstream.requests[0]["body"] == CHAT
+
+
+# -- 13. odd upstream headers --------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(head: bytes, body: bytes) -> AsyncIterator[str]:
+    """An upstream that answers every request with exactly these bytes; its /v1 URL."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            request = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", request)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("odd", "relayed"),
+    [
+        pytest.param(b"X-Odd: one\r\n two\r\n", None, id="obs-fold"),
+        pytest.param(b"X-Odd: one\rX-Injected: two\r\n", None, id="bare-cr"),
+        pytest.param(b"X-Odd: one\nX-Injected: two\r\n", None, id="bare-lf"),
+        pytest.param(b"X-Odd: one\x01two\r\n", None, id="control-char"),
+        # Opaque octets (latin-1, UTF-8, a C1 control) are relayed as they came.
+        pytest.param(
+            b"X-Odd: caf\xe9 \xc3\xa9 \x85 end\r\n",
+            b"X-Odd: caf\xe9 \xc3\xa9 \x85 end",
+            id="obs-text",
+        ),
+        pytest.param(b"X-Odd: \r\n", b"X-Odd: ", id="empty"),
+    ],
+)
+async def test_an_answer_head_never_holds_a_split_header_whatever_the_upstream_sends(
+    serve: Serve, odd: bytes, relayed: bytes | None
+) -> None:
+    body = json.dumps({"object": "list", "data": []}).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + odd
+    async with raw_upstream(head, body) as url:
+        runner = await serve(url)
+        async with connect(runner) as peer:
+            await peer.send(get(b"/v1/models"))
+            answer = await peer.answer()
+    lines = answer.head.split(b"\r\n")
+    assert re.fullmatch(rb"HTTP/1\.1 \d{3} [^\r\n]*", lines[0])
+    for line in lines[1:]:
+        assert FIELD.match(line), line
+    assert b"two" not in answer.head
+    if relayed is None:  # an upstream answer seamline cannot parse is a bad gateway
+        assert answer.status == 502, answer.head
+        assert error_of(answer)["type"] == "upstream_error"
+    else:
+        assert answer.status == 200, answer.head
+        assert relayed in lines
+        assert answer.body == body
+
+
+# -- 14. drain -----------------------------------------------------------------------------
+
+
+async def test_after_drain_begins_an_answer_on_a_kept_alive_connection_closes_it(
+    upstream: Upstream, serve: Serve
+) -> None:
+    # A stream in flight holds the drain open; another connection was kept alive.
+    upstream.script(*sse_stream("a", "b", "c", "d"), pause=0.15)
+    runner = await serve(upstream.url)
+    draining: asyncio.Task[None] | None = None
+    try:
+        async with connect(runner) as streaming, connect(runner) as idle:
+            await idle.send(get(b"/healthz"))
+            before = await idle.answer()
+            assert before.status == 200
+            assert "connection" not in before.headers
+            await streaming.send(post())
+            async with asyncio.timeout(5):
+                assert (await streaming.reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            draining = asyncio.create_task(drain(runner))
+            await until(lambda: runner.server.closing)
+            await idle.send(get(b"/healthz"))
+            after = await idle.answer()
+            assert after.status == 200
+            assert after.headers["connection"] == "close"
+            assert await idle.closed()
+            # The stream in flight still ends whole.
+            async with asyncio.timeout(5):
+                rest = await streaming.reader.readuntil(b"\r\n0\r\n\r\n")
+            assert b"[DONE]" in rest
+        async with asyncio.timeout(5):
+            await draining
+    finally:
+        if draining is not None and not draining.done():
+            draining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await draining
