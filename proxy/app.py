@@ -48,7 +48,7 @@ def proxy(request: Request) -> Awaitable[Reply]:
 
     Not a coroutine itself: it checks, then hands over ``forward``'s, so an open stream
     holds one frame less."""
-    app: App = request.app
+    app = request.app
     rt = app.runtime
     check_client(request, rt.router.config.server.api_keys)
     app.gate.rate(request)

@@ -129,7 +129,7 @@ async def dispatch(
     path = request.path
     outcome = Outcome(request_id=request_id, route=path)
     request.outcome = outcome
-    gate: Gate = request.app.gate
+    gate = request.app.gate
     api = path.startswith("/v1/")
     admitted = False
     try:

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -30,6 +30,10 @@ from .errors import (
     SeamlineError,
     UnsupportedEncoding,
 )
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .app import App
 
 # Past these a request is refused: llhttp itself has no limit on a head's size.
 MAX_URL = 8190
@@ -119,7 +123,7 @@ class Request:
         limit: int,
     ) -> None:
         self._conn = conn
-        self.app: Any = conn.server.app
+        self.app = conn.server.app
         self.method = method
         self.raw_path = raw_path
         self.path = unquote(raw_path)
@@ -128,7 +132,7 @@ class Request:
         self.version = version
         self.keep_alive = keep_alive
         self.limit = limit
-        self.outcome: Any = None
+        self.outcome: Outcome  # set by the dispatcher before any handler runs
         self.complete = False
         self.too_large = False
         self.bad: str | None = None  # why the rest of its body could not be parsed
@@ -444,6 +448,8 @@ class Connection(asyncio.Protocol):
         if reply is None or (req.started and not reply.prepared):
             self._close()
             return
+        if self.closed or self.transport.is_closing():
+            return  # nobody to answer; connection_lost has seen to the rest
         if not reply.prepared:
             if not req.complete:
                 # Answered before the body arrived (401, 413): the rest of it is
@@ -564,7 +570,7 @@ class Server:
 
     def __init__(
         self,
-        app: Any,
+        app: App,
         handler: Handler,
         body_limit: Callable[[], int],
         log_error: Callable[[str, Request], None],
