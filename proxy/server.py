@@ -269,6 +269,7 @@ class Connection(asyncio.Protocol):
         "_parsing",
         "_paused",
         "_queue",
+        "_raw_left",
         "_task",
         "_timer",
         "_url",
@@ -286,6 +287,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.closed = False
         self._last = False  # no request after the current ones (an upgrade was asked)
+        # Body bytes still to come of a request that asked for an upgrade: llhttp ends
+        # such a request at its head, so its body is taken here, past the parser.
+        self._raw_left = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
@@ -305,17 +309,26 @@ class Connection(asyncio.Protocol):
         self._idle()
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self._last:
+        if self.closed:
+            return
+        if self._raw_left:
+            self._raw_body(data)
+            return
+        if self._last:
             return
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # An upgrade (h2c, websocket) is not taken: the request is answered as
-            # HTTP/1.1, and nothing after it is read.
+            # HTTP/1.1 (RFC 9110 7.8 lets a server ignore it), its body is still read,
+            # and nothing after it is.
             self._last = True
+            rest = data[exc.args[0] :]
+            if self._raw_left and rest:
+                self._raw_body(rest)
             return
         except httptools.HttpParserError as exc:
             cause = exc.__context__
@@ -410,6 +423,10 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._head_size = 0
         self._parsing = req
+        if parser.should_upgrade():
+            if "chunked" in headers.get("Transfer-Encoding", "").lower():
+                raise _Refused(400, "a chunked request body with Upgrade is not supported")
+            self._raw_left = req.content_length or 0
         if self._task is None:
             self._start(req)
         else:
@@ -424,7 +441,20 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         req = self._parsing
-        if req is not None:
+        if req is not None and not self._raw_left:
+            self._parsing = None
+            req.complete = True
+            req._wake()
+
+    def _raw_body(self, data: bytes) -> None:
+        """Body bytes of an upgrade request, counted by its Content-Length."""
+        req = self._parsing
+        take = data[: self._raw_left]
+        self._raw_left -= len(take)
+        if req is None:
+            return
+        req._piece(take)
+        if not self._raw_left:
             self._parsing = None
             req.complete = True
             req._wake()

@@ -682,6 +682,45 @@ async def test_an_upgrade_pipelined_behind_a_request_is_answered_after_it(serve:
         assert await peer.closed()  # the bytes after the upgrade request are not read
 
 
+H2C = (b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABk")
+
+
+@pytest.mark.parametrize("split", [0, 1, 7, len(CHAT) - 1], ids=lambda n: f"split-{n}")
+async def test_a_post_asking_for_h2c_has_its_body_read_and_is_answered(
+    upstream: Upstream, serve: Serve, split: int
+) -> None:
+    # curl --http2 on http:// asks this way for a POST too; llhttp ends such a request
+    # at its head, so the body has to be read past it.
+    upstream.script(*sse_stream("ok"))
+    runner = await serve(upstream.url)
+    request = post(CHAT, *H2C)
+    head_end = request.index(b"\r\n\r\n") + 4 + split
+    async with connect(runner) as peer:
+        await peer.send(request[:head_end])
+        await asyncio.sleep(0.05)
+        await peer.send(request[head_end:])
+        answer = await peer.answer()
+        assert answer.status == 200, answer.body
+        assert answer.body == b"".join(sse_stream("ok"))
+        assert answer.headers["connection"] == "close"
+        assert await peer.closed()
+    assert upstream.requests[0]["body"] == CHAT
+
+
+async def test_a_chunked_body_asking_for_an_upgrade_is_a_400(serve: Serve) -> None:
+    runner = await serve()
+    async with connect(runner) as peer:
+        await peer.send(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\n"
+            + b"\r\n".join(H2C)
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        answer = await peer.answer()
+        assert answer.status == 400
+        assert "Upgrade" in error_of(answer)["message"]
+        assert await peer.closed()
+
+
 # -- 10. timeouts --------------------------------------------------------------------------
 
 
