@@ -155,6 +155,11 @@ async def dispatch(
         outcome.client_gone = True
         _book(request, outcome, api)
         raise
+    except ConnectionResetError as exc:
+        # The client went away while its answer was being written (or read from it):
+        # nobody to answer, and no bug to log.
+        outcome.client_gone = True
+        resp = error_response(SeamlineError(str(exc)), request_id)
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=path)
         internal = SeamlineError(f"internal error (request id {request_id})")
