@@ -173,8 +173,6 @@ async def forward(
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
     plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
-    # The path and query go upstream as the client encoded them: decoded, an encoded
-    # '?' or '/' would change what the upstream is asked for.
     wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
     retry = Retry(model, [], plan.bodies)
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
@@ -186,6 +184,8 @@ async def forward(
             session,
             client,
             request.method,
+            # The path and query go upstream as the client encoded them: decoded, an
+            # encoded '?' or '/' would change what the upstream is asked for.
             request.raw_path.removeprefix("/v1/"),
             request.query_string,
             request.headers,

@@ -114,7 +114,8 @@ class ClientStream:
             return
         # The first write: the head goes out with it, in the same transport write.
         self.prepared = True
-        outcome.first_byte = time.monotonic()
+        if outcome.first_byte is None:
+            outcome.first_byte = time.monotonic()
         if self._on_start is not None:
             self._on_start()
             self._on_start = None
