@@ -818,7 +818,7 @@ def _fuzz(loop: asyncio.AbstractEventLoop) -> None:
         async def after() -> None:
             healthz = await raw_request(fuzz.url, b"GET /healthz")
             assert healthz.status == 200
-            # Requests the HTTP parser refuses never reach seamline: aiohttp answers 400.
+            # Requests the HTTP parser refuses never reach a handler: a 400 from the server.
             refused = await raw_request(fuzz.url, b"FOO /v1/models")
             assert refused.status == 400
             assert (await raw_request(fuzz.url, b"GET /readyz")).status == 200

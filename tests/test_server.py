@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import gzip
+import itertools
 import json
 import re
 import time
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from conftest import Upstream, chunk, config_text, sse_stream
@@ -983,3 +986,84 @@ async def test_after_drain_begins_an_answer_on_a_kept_alive_connection_closes_it
             draining.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await draining
+
+
+# -- any split of any pipelined requests ----------------------------------------------------
+
+
+def _chunked(body: bytes, cuts: list[int]) -> bytes:
+    """``body`` in chunked transfer coding, cut at ``cuts``."""
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    parts = [body[a:b] for a, b in itertools.pairwise(edges) if b > a]
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+# Requests that need no upstream, each with the status it must get. The POSTs' bodies
+# are read whole before they are refused (not JSON): they exercise body framing.
+_BAD_JSON = b'{"model": "m", "messages": [' + b"x" * 300
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[bytes, int, bool]:
+    kind = draw(st.sampled_from(["get", "head", "post-length", "post-chunked", "missing"]))
+    if kind == "get":
+        return get(b"/healthz"), 200, False
+    if kind == "head":
+        return get(b"/healthz", method=b"HEAD"), 200, True
+    if kind == "missing":
+        return get(b"/v1/../nope"), 404, False
+    if kind == "post-length":
+        return post(_BAD_JSON), 400, False
+    cuts = draw(st.lists(st.integers(0, len(_BAD_JSON)), max_size=4))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n"
+    return head + b"Content-Type: application/json\r\n\r\n" + _chunked(_BAD_JSON, cuts), 400, False
+
+
+def test_any_split_of_pipelined_requests_gets_every_answer_in_order() -> None:
+    """Requests written back to back and cut anywhere (mid-line, between CR and LF,
+    inside a chunk size) are answered exactly as when sent whole."""
+    loop = asyncio.new_event_loop()
+    try:
+        _split_property(loop)
+    finally:
+        loop.close()
+
+
+def _split_property(loop: asyncio.AbstractEventLoop) -> None:
+    conf = cfg.parse(config_text(("a", NOWHERE)), "test.toml", {})
+    runner = loop.run_until_complete(start(conf, "127.0.0.1", 0))
+
+    async def one(requests: list[tuple[bytes, int, bool]], cuts: list[int]) -> None:
+        data = b"".join(r[0] for r in requests)
+        edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+        async with connect(runner) as peer:
+            for a, b in itertools.pairwise(edges):
+                await peer.send(data[a:b])
+                await asyncio.sleep(0.001)  # most pieces arrive as reads of their own
+            for _, status, head_only in requests:
+                answer = await peer.answer(head_request=head_only)
+                assert answer.status == status, (answer.head, requests)
+                if status >= 400:
+                    error_of(answer)
+            assert "connection" not in answer.headers  # the connection is still open
+            await peer.send(get(b"/healthz"))
+            assert (await peer.answer()).status == 200
+
+    try:
+
+        @settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        )
+        @given(
+            requests=st.lists(_requests(), min_size=1, max_size=3),
+            cuts=st.lists(st.integers(0, 2000), max_size=8),
+        )
+        def check(requests: list[tuple[bytes, int, bool]], cuts: list[int]) -> None:
+            loop.run_until_complete(one(requests, cuts))
+
+        check()
+    finally:
+        loop.run_until_complete(runner.cleanup())
