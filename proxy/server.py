@@ -98,6 +98,7 @@ class Request:
         "app",
         "bad",
         "complete",
+        "ended",
         "headers",
         "keep_alive",
         "limit",
@@ -137,6 +138,7 @@ class Request:
         self.too_large = False
         self.bad: str | None = None  # why the rest of its body could not be parsed
         self.started = False  # the answer's head has gone out
+        self.ended = False  # a streamed answer's body has ended
         self._body: list[bytes] = []
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -202,8 +204,11 @@ class Request:
 
     # -- a streamed answer ------------------------------------------------------
 
-    def start_stream(self, status: int, headers: CIMultiDict[str], data: bytes) -> None:
-        """Send the head of a streamed answer together with its first bytes.
+    def start_stream(
+        self, status: int, headers: CIMultiDict[str], data: bytes, last: bool = False
+    ) -> None:
+        """Send the head of a streamed answer together with its first bytes (``last``:
+        its only bytes, and its end).
 
         The request's own headers are let go: nothing reads them once the answer is
         under way, and a stream can last minutes."""
@@ -213,6 +218,8 @@ class Request:
         if self.chunked_ok:
             headers["Transfer-Encoding"] = "chunked"
             data = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            if last:
+                data += self.last_chunk()
         else:
             # No length and no chunks: the end of the connection ends the body.
             self.keep_alive = False
@@ -226,9 +233,19 @@ class Request:
         """Wait until the client has taken what was written (the transport's high mark)."""
         await self._conn.drain()
 
+    def last_chunk(self) -> bytes:
+        """The bytes that end a streamed body (none for HTTP/1.0), once."""
+        if self.ended or not self.chunked_ok:
+            self.ended = True
+            return b""
+        self.ended = True
+        return b"0\r\n\r\n"
+
     def end_stream(self) -> None:
-        if self.chunked_ok:
-            self._conn.write(b"0\r\n\r\n")
+        """End a streamed body, unless its last write did."""
+        end = self.last_chunk()
+        if end:
+            self._conn.write(end)
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
