@@ -18,8 +18,9 @@ from .logs import debug_streaming_enabled, get_logger, redactor
 from .metrics import Metrics
 from .middleware import Gate, check_client, dispatch
 from .ops import admin_accounts, healthz, metrics, readyz
+from .request import Handler, Reply, Request
 from .runtime import Runtime, build_runtime, warn_readable_secrets
-from .server import Handler, Reply, Request, Server
+from .server import Server
 
 __all__ = ["App", "Runner", "create_app", "drain", "start"]
 

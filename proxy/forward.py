@@ -32,8 +32,8 @@ from .repair import (
     normalize_error,
     usage_from,
 )
+from .request import Reply, Request
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
-from .server import Reply, Request
 from .sse import looks_like_sse
 from .upstream import response_headers
 from .wire import Client, Response

@@ -23,7 +23,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .outcome import Outcome
-from .server import Handler, Reply, Request
+from .request import Handler, Reply, Request
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")

@@ -8,7 +8,7 @@ import time
 from .errors import NotFound
 from .metrics import CONTENT_TYPE
 from .middleware import check_client
-from .server import Reply, Request
+from .request import Reply, Request
 
 
 def json_reply(body: object, status: int = 200, indent: int | None = None) -> Reply:

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
-from .server import Reply, Request, Streamed
+from .request import Reply, Request, Streamed
 from .sse import EventTooLarge, Reframer, too_short_to_tell
 from .upstream import IdleWatch, response_headers
 from .wire import NO_HEADERS, Response
