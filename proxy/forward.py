@@ -303,21 +303,24 @@ async def _answer(
             strip_usage=wants.strip_usage,
             trace=_tracer(tracer),
         )
-        # The stream makes its own headers, and keeps them only until they are sent.
+        relaying = relay_stream(
+            request,
+            resp,
+            headers,
+            shaper,
+            outcome,
+            timeouts=timeouts,
+            max_event_bytes=config.server.max_event_bytes,
+            heartbeat=config.server.heartbeat_s,
+            log=tracer,
+            on_start=started,
+            first=first,
+        )
+        # The stream keeps its headers only until they are sent; this frame, which
+        # lives as long as the stream, lets go of them now.
         del headers
         try:
-            streamed = await relay_stream(
-                request,
-                resp,
-                shaper,
-                outcome,
-                timeouts=timeouts,
-                max_event_bytes=config.server.max_event_bytes,
-                heartbeat=config.server.heartbeat_s,
-                log=tracer,
-                on_start=started,
-                first=first,
-            )
+            streamed = await relaying
         finally:
             if shaper.errored and outcome.error is None:
                 outcome.error = _error_message(shaper.error_payload)

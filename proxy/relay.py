@@ -31,7 +31,7 @@ from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .request import Reply, Request, Streamed
 from .sse import EventTooLarge, Reframer, too_short_to_tell
-from .upstream import IdleWatch, response_headers
+from .upstream import IdleWatch
 from .wire import NO_HEADERS, Response
 
 SSE_HEADERS = {
@@ -187,6 +187,7 @@ class ClientStream:
 async def relay_stream(
     request: Request,
     upstream: Response,
+    headers: CIMultiDict[str],
     shaper: OpenAIShaper,
     outcome: Outcome,
     *,
@@ -204,8 +205,6 @@ async def relay_stream(
     goes to the client: from then on the request cannot go to another account.
     ``first``: the body's first read, when the caller already made it.
     """
-    headers = response_headers(upstream.headers)
-    headers["X-Request-ID"] = outcome.request_id
     headers.update(SSE_HEADERS)
     client = ClientStream(
         request, upstream.status, headers, outcome, heartbeat, log, on_start=on_start

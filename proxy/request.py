@@ -44,7 +44,10 @@ class Reply:
     ) -> None:
         self.status = status
         self.body = body
-        self.headers: CIMultiDict[str] = CIMultiDict(headers or ())
+        # A multidict passed in is the caller's to give away: not copied.
+        self.headers: CIMultiDict[str] = (
+            headers if isinstance(headers, CIMultiDict) else CIMultiDict(headers or ())
+        )
         if content_type is not None:
             self.headers["Content-Type"] = content_type
 
@@ -191,7 +194,6 @@ class Request:
         self.headers = _NO_HEADERS
         self._conn.idle_parser()
         if self.chunked_ok:
-            headers["Transfer-Encoding"] = "chunked"
             data = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
             if last:
                 data += self.last_chunk()

@@ -227,9 +227,12 @@ class Connection(asyncio.Protocol):
             self._parsing._piece(body)
 
     def on_message_complete(self) -> None:
-        req = self._parsing
-        if req is not None and not self._raw_left:
-            self._parsing = None
+        if not self._raw_left:
+            self._complete()
+
+    def _complete(self) -> None:
+        req, self._parsing = self._parsing, None
+        if req is not None:
             req.complete = True
             req._wake()
 
@@ -242,9 +245,7 @@ class Connection(asyncio.Protocol):
             return
         req._piece(take)
         if not self._raw_left:
-            self._parsing = None
-            req.complete = True
-            req._wake()
+            self._complete()
 
     # -- answering --------------------------------------------------------------
 
@@ -307,7 +308,7 @@ class Connection(asyncio.Protocol):
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
                 continue  # never a header that would split the head
             lines.append(f"{name}: {value}")
-        if "Transfer-Encoding" in headers and length is None:
+        if length is None and req.chunked_ok:
             lines.append("Transfer-Encoding: chunked")
         if length is not None and status not in _NO_BODY:
             lines.append(f"Content-Length: {length}")
