@@ -42,6 +42,11 @@ class Block(StrEnum):
 # Blocks that clear by waiting, and so deserve a 429 with Retry-After.
 RATE_BLOCKS = frozenset({Block.QUOTA, Block.RATE, Block.RPM, Block.DAILY})
 
+# The breaker scope of failures that concern the whole account (it could not be reached
+# at all); other scopes are routes, so that an upstream failing one route (one it does
+# not serve, say) still takes the others.
+ACCOUNT = "*"
+
 
 class Change(StrEnum):
     """What happened to an account's health, as told to a PoolListener."""
@@ -87,26 +92,53 @@ class Limits:
 
 
 @dataclass(slots=True)
+class Breaker:
+    """The circuit breaker of one scope of an account (the account, or one route).
+
+    ``seen`` holds the fingerprints of the requests this run of failures counted: the
+    same request failing again (a client's retries of a prompt the upstream chokes on)
+    is one failure of that request, not evidence that the account is down.
+    """
+
+    failures: int = 0
+    seen: tuple[int, ...] = ()
+    open: bool = False
+    until: float = 0.0
+    probing: bool = False
+
+    def blocks(self, now: float) -> tuple[Block, float | None] | None:
+        if not self.open:
+            return None
+        if self.until > now:
+            return Block.BREAKER, self.until
+        if self.probing:  # half-open: one probe at a time decides
+            return Block.BREAKER, None
+        return None
+
+
+@dataclass(slots=True)
 class AccountState:
     """Everything the pool knows about one account; the persisted part is in to_dict."""
 
     limits: Limits
     cooldown_until: float = 0.0
+    # The cooldown is the upstream's own word (a Retry-After), not seamline's backoff.
+    cooldown_explicit: bool = False
     backoff: float = 0.0
     quota_until: float = 0.0
     disabled: str | None = None
     disabled_persist: bool = False  # survives a restart (an OAuth refresh rejected)
     # A fingerprint of the credential that was refused, so a new login can be told apart.
     disabled_credential: str | None = None
-    failures: int = 0  # consecutive 5xx / connection errors / timeouts
-    breaker_until: float = 0.0
-    breaker_open: bool = False
-    probing: bool = False
+    # Per scope (ACCOUNT, or a route): consecutive 5xx, connection errors, timeouts.
+    breakers: dict[str, Breaker] = field(default_factory=dict)
     in_flight: int = 0
     # Requests other replicas have in flight here, and until when the shared rpm window
     # is full, as last seen in the shared state; both stay 0 for a single process.
     others_in_flight: int = 0
     rpm_full_until: float = 0.0
+    # Until then the account gets no ``stream_options`` (it refused them once).
+    plain_until: float = 0.0
     recent: deque[float] = field(default_factory=deque)
     day_start: float = 0.0
     day_requests: int = 0
@@ -121,8 +153,19 @@ class AccountState:
     def name(self) -> str:
         return self.limits.name
 
+    def breaker(self, scope: str) -> Breaker:
+        b = self.breakers.get(scope)
+        if b is None:
+            b = self.breakers[scope] = Breaker()
+        return b
+
+    def open_breakers(self) -> dict[str, float]:
+        """Scope -> until, for every open circuit (for views and sharing)."""
+        return {scope: b.until for scope, b in self.breakers.items() if b.open}
+
     _PERSISTED = (
         "cooldown_until",
+        "cooldown_explicit",
         "backoff",
         "quota_until",
         "day_start",
@@ -219,21 +262,24 @@ class Pool:
             st.recent.popleft()
 
     # --- eligibility -----------------------------------------------------------
+    #
+    # Two kinds of block. A *hard* one is the upstream's own word (a disable after 401 or
+    # 403, a quota signal, a Retry-After) or a limit the operator set (max_concurrent,
+    # rpm, daily_requests): seamline may refuse a request on it. A *soft* one is
+    # seamline's own inference (an open circuit, a backoff no Retry-After asked for): it
+    # steers requests to other accounts, but when every account serving a model is
+    # blocked only so, the request still goes out, as the soonest one's probe. A proxy in
+    # front of one account must never be less available than no proxy at all.
 
-    def block(self, st: AccountState, now: float) -> tuple[Block, float | None] | None:
-        """Why ``st`` cannot take a request now and when that may clear, or None."""
+    def hard_block(self, st: AccountState, now: float) -> tuple[Block, float | None] | None:
+        """The upstream's word or an operator's limit that keeps ``st`` out now."""
         lim = st.limits
         if st.disabled:
             return Block.DISABLED, None
         if st.quota_until > now:
             return Block.QUOTA, st.quota_until
-        if st.cooldown_until > now:
+        if st.cooldown_explicit and st.cooldown_until > now:
             return Block.RATE, st.cooldown_until
-        if st.breaker_open:
-            if st.breaker_until > now:
-                return Block.BREAKER, st.breaker_until
-            if st.probing:  # half-open: one probe at a time decides
-                return Block.BREAKER, None
         if lim.max_concurrent and busy(st) >= lim.max_concurrent:
             return Block.BUSY, None
         if lim.rpm:
@@ -248,23 +294,47 @@ class Pool:
                 return Block.DAILY, next_reset(lim, now)
         return None
 
+    def soft_block(
+        self, st: AccountState, now: float, scope: str | None = None
+    ) -> tuple[Block, float | None] | None:
+        """seamline's own inference against ``st`` for ``scope`` (None: any scope)."""
+        if st.cooldown_until > now and not st.cooldown_explicit:
+            return Block.RATE, st.cooldown_until
+        if scope is None:
+            found = [b.blocks(now) for b in st.breakers.values()]
+            return next((f for f in found if f is not None), None)
+        for name in (ACCOUNT, scope):
+            b = st.breakers.get(name)
+            if b is not None and (blocked := b.blocks(now)) is not None:
+                return blocked
+        return None
+
+    def block(
+        self, st: AccountState, now: float, scope: str | None = None
+    ) -> tuple[Block, float | None] | None:
+        """Why ``st`` cannot take a request (for ``scope``; None: any) now and when that
+        may clear, or None."""
+        return self.hard_block(st, now) or self.soft_block(st, now, scope)
+
     def serving(self, model: str | None) -> list[AccountState]:
         return [self.states[n] for n in self._order if self.states[n].limits.serves(model)]
 
     def pick(
-        self, model: str | None, now: float, exclude: Iterable[str] = ()
+        self, model: str | None, now: float, exclude: Iterable[str] = (), scope: str = ACCOUNT
     ) -> AccountState | None:
         """The account to try next for ``model``, or None when none can take it."""
-        eligible = self.candidates(model, now, exclude)
+        eligible = self.candidates(model, now, exclude, scope)
         return self.choose(eligible) if eligible else None
 
     def candidates(
-        self, model: str | None, now: float, exclude: Iterable[str] = ()
+        self, model: str | None, now: float, exclude: Iterable[str] = (), scope: str = ACCOUNT
     ) -> list[AccountState]:
         """The accounts of the best priority tier that could take ``model`` now, in order."""
         skip = set(exclude)
         eligible = [
-            st for st in self.serving(model) if st.name not in skip and self.block(st, now) is None
+            st
+            for st in self.serving(model)
+            if st.name not in skip and self.block(st, now, scope) is None
         ]
         if not eligible:
             return []
@@ -294,8 +364,30 @@ class Pool:
             return min(rotated, key=busy)
         return rotated[0]
 
+    def fallback(
+        self, model: str | None, now: float, exclude: Iterable[str] = (), scope: str = ACCOUNT
+    ) -> AccountState | None:
+        """When no candidate is left: the account blocked only by seamline's inference that
+        recovers soonest (lower tier first on a tie), to send the request to as its
+        probe; None when every one is blocked by the upstream's word or a limit."""
+        skip = set(exclude)
+        best: tuple[float, int, int] | None = None
+        found: AccountState | None = None
+        for i, st in enumerate(self.serving(model)):
+            if st.name in skip or self.hard_block(st, now) is not None:
+                continue
+            soft = self.soft_block(st, now, scope)
+            key = (now if soft is None or soft[1] is None else soft[1], st.limits.priority, i)
+            if best is None or key < best:
+                best, found = key, st
+        return found
+
+    def ready(self, now: float) -> list[str]:
+        """The accounts that could take a request now, under the rule above."""
+        return [name for name, st in self.states.items() if self.hard_block(st, now) is None]
+
     def unavailable(self, model: str | None, now: float) -> Unavailable:
-        """The answer when ``pick`` found nobody."""
+        """The answer when neither ``pick`` nor ``fallback`` found anybody."""
         serving = self.serving(model)
         if not serving:
             return Unavailable(404, f"no account serves the model {model!r}", None)
@@ -303,7 +395,7 @@ class Pool:
         other_times: list[float] = []
         rate_limited = False
         for st in serving:
-            blocked = self.block(st, now)
+            blocked = self.hard_block(st, now)
             if blocked is None:
                 continue
             kind, until = blocked
@@ -321,7 +413,7 @@ class Pool:
 
     # --- request lifecycle -----------------------------------------------------
 
-    def acquire(self, st: AccountState, now: float) -> None:
+    def acquire(self, st: AccountState, now: float, scope: str = ACCOUNT) -> None:
         """Count a request as started on ``st``."""
         st.in_flight += 1
         st.requests += 1
@@ -329,31 +421,48 @@ class Pool:
             st.recent.append(now)
         self._roll_day(st, now)
         st.day_requests += 1
-        if st.breaker_open and st.breaker_until <= now:
-            st.probing = True
+        for name in (ACCOUNT, scope):
+            b = st.breakers.get(name)
+            if b is not None and b.open and b.until <= now:
+                b.probing = True
         self.changed = True
 
     def release(self, st: AccountState) -> None:
         st.in_flight = max(0, st.in_flight - 1)
         if self.listener is not None:
             self.listener.released(st)
-        if st.probing and st.in_flight == 0:
-            # The probe ended without a verdict (a client error, a 429, its client went
-            # away): the next request probes again, rather than half-open forever.
-            st.probing = False
+        if st.in_flight == 0:
+            # A probe that ended without a verdict (a client error, a 429, its client
+            # went away): the next request probes again, rather than half-open forever.
+            for b in st.breakers.values():
+                b.probing = False
 
-    def succeeded(self, st: AccountState) -> None:
-        if st.backoff or st.failures or st.breaker_open:
+    def succeeded(self, st: AccountState, scope: str = ACCOUNT) -> None:
+        """An answer came: the backoff, and the breakers of the account and of ``scope``,
+        are reset (a success on one route says nothing of another's)."""
+        news = bool(st.backoff)
+        for name in {ACCOUNT, scope}:
+            b = st.breakers.pop(name, None)
+            news = news or (b is not None and (b.failures > 0 or b.open))
+        if news:
             self._tell(st, Change.SUCCESS)  # only a reset is news; most successes are not
         st.backoff = 0.0
-        st.failures = 0
-        st.breaker_open = False
-        st.probing = False
+
+    def answered(self, st: AccountState) -> None:
+        """The upstream answered (not with a 429): the rate-limit backoff starts over."""
+        if st.backoff:
+            st.backoff = 0.0
+            self._tell(st, Change.SUCCESS)
 
     def rate_limited(self, st: AccountState, now: float, retry_after: float | None) -> None:
-        """A 429 with no quota signal: cool down for Retry-After, else back off."""
+        """A 429 with no quota signal: cool down for Retry-After, else back off (which is
+        seamline's guess, so it only steers)."""
         st.backoff = min(MAX_BACKOFF, st.backoff * 2 if st.backoff else 1.0)
-        st.cooldown_until = now + (retry_after if retry_after is not None else st.backoff)
+        if retry_after is not None:
+            st.cooldown_until, st.cooldown_explicit = now + retry_after, True
+        elif not (st.cooldown_explicit and st.cooldown_until > now):
+            # A guess never shortens the upstream's own word.
+            st.cooldown_until, st.cooldown_explicit = now + st.backoff, False
         self._failed(st, "rate limited (429)")
 
     def quota_exhausted(self, st: AccountState, now: float, retry_after: float | None) -> None:
@@ -386,13 +495,29 @@ class Pool:
         self.changed = True
         self._tell(st, Change.ENABLE)
 
-    def failed(self, st: AccountState, now: float, reason: str) -> None:
-        """5xx, connection error or timeout: counts towards the circuit breaker."""
-        st.failures += 1
-        if st.probing or st.failures >= self.breaker_threshold:
-            st.breaker_open = True
-            st.breaker_until = now + self.breaker_cooldown
-        st.probing = False
+    def failed(
+        self,
+        st: AccountState,
+        now: float,
+        reason: str,
+        scope: str = ACCOUNT,
+        fingerprint: int | None = None,
+    ) -> None:
+        """5xx, connection error or timeout: counts towards the circuit breaker of
+        ``scope`` (ACCOUNT: the account could not be reached at all), once per distinct
+        request (``fingerprint``; None: always)."""
+        b = st.breaker(scope)
+        if fingerprint is None or fingerprint not in b.seen:
+            b.failures += 1
+            if fingerprint is not None:
+                b.seen = (*b.seen, fingerprint)[-self.breaker_threshold :]
+            if b.probing or b.failures >= self.breaker_threshold:
+                b.open = True
+                b.until = now + self.breaker_cooldown
+        elif b.probing:
+            b.open = True  # a probe failed, whatever it was: open again
+            b.until = now + self.breaker_cooldown
+        b.probing = False
         self._failed(st, reason)
 
     def _failed(self, st: AccountState, reason: str) -> None:
@@ -423,13 +548,16 @@ class Pool:
             st = self.states[name]
             self._roll_day(st, now)
             blocked = self.block(st, now)
+            circuits = st.open_breakers()
             out.append(
                 {
                     "name": name,
                     "state": "available" if blocked is None else blocked[0].value,
                     "cooling_down_until": _iso(st.cooldown_until, now),
                     "quota_exhausted_until": _iso(st.quota_until, now),
-                    "circuit_open_until": _iso(st.breaker_until, now) if st.breaker_open else None,
+                    "circuit_open_until": _iso(max(circuits.values(), default=0.0), now),
+                    # Per scope (ACCOUNT, or a route); None once half-open.
+                    "circuits_open": {s: _iso(u, now) for s, u in sorted(circuits.items())},
                     "disabled": st.disabled,
                     "in_flight": busy(st),
                     "requests_today": st.day_requests,

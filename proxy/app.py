@@ -19,7 +19,13 @@ from .metrics import Metrics
 from .middleware import Gate, check_client, dispatch
 from .ops import admin_accounts, healthz, metrics, readyz
 from .request import Handler, Reply, Request
-from .runtime import Runtime, build_runtime, warn_readable_secrets
+from .runtime import (
+    Runtime,
+    auto_concurrent,
+    build_runtime,
+    open_file_limit,
+    warn_readable_secrets,
+)
 from .server import Server
 
 __all__ = ["App", "Runner", "create_app", "drain", "start"]
@@ -111,7 +117,10 @@ def create_app(config: Config) -> App:
     """The shared state for ``config``, before anything is started."""
     redactor.set_secrets(config.secrets())
     rt = build_runtime(config)
-    gate = Gate(server=lambda: app.runtime.router.config.server)
+    gate = Gate(
+        server=lambda: app.runtime.router.config.server,
+        auto_concurrent=auto_concurrent(open_file_limit()),
+    )
     app = App(rt, gate, Metrics(lambda: app.runtime.router.pool))
     app.metrics.in_flight.set_function(lambda: len(app.runtime.streams))
     gate.on_done = app.metrics.record

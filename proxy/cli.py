@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load
 from .logs import configure, get_logger
+from .runtime import SPARE_FILES
 
 EXIT_CONFIG = 2
 
@@ -55,10 +56,6 @@ def _load_or_exit(path: str) -> Config:
     except ConfigError as exc:
         print(f"seamline: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-
-
-# Files besides the streams' sockets: listeners, logs, the state database, Redis.
-_SPARE_FILES = 64
 
 
 def raise_open_file_limit() -> int:
@@ -130,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure()
     config = _load_or_exit(args.config)
     files = raise_open_file_limit()
-    need = 2 * config.server.max_concurrent + _SPARE_FILES
-    if config.server.max_concurrent and files < need:
+    wanted = config.server.max_concurrent  # None: derived from the limit, so it fits
+    if wanted and files < (need := 2 * wanted + SPARE_FILES):
         get_logger("seamline").warning(
             "open_file_limit_low",
             limit=files,

@@ -40,10 +40,15 @@ class ServerConfig:
     max_event_bytes: int = 8 * 1024 * 1024
     admin_key: str | None = None
     heartbeat_s: float = 15.0
-    max_concurrent: int = 10000  # requests in flight at once; past it 503
+    # Requests in flight at once; past it 503. None: as many as the open-file limit
+    # allows (each stream holds two sockets); 0: unlimited.
+    max_concurrent: int | None = None
     client_rpm: int = 0  # requests per minute per client key; 0 = unlimited
     drain_s: float = 30.0  # on SIGTERM, how long in-flight streams may go on
     metrics_public: bool = False  # /metrics without the admin key
+    # Upstream response headers clients get beside Content-Type, Retry-After (on 429/503)
+    # and the upstream's request id (as X-Upstream-Request-ID): names or globs.
+    forward_response_headers: tuple[str, ...] = ("openai-processing-ms", "content-disposition")
 
 
 KINDS = ("api_key", "qwen-oauth")
@@ -269,15 +274,30 @@ def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
         max_event_bytes=r.get("max_event_bytes", int, d.max_event_bytes),
         admin_key=_secret(r, "admin_key", env),
         heartbeat_s=_positive(r, "heartbeat_s", r.get("heartbeat_s", float, d.heartbeat_s)),
-        max_concurrent=_count(r, "max_concurrent", d.max_concurrent),
+        max_concurrent=_count(r, "max_concurrent", 0) if "max_concurrent" in r.table else None,
         client_rpm=_count(r, "client_rpm", d.client_rpm),
         drain_s=_positive(r, "drain_s", r.get("drain_s", float, d.drain_s)),
         metrics_public=r.get("metrics_public", bool, d.metrics_public),
+        forward_response_headers=_header_globs(
+            r, "forward_response_headers", d.forward_response_headers
+        ),
     )
     r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
     r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")
     r.done()
     return s
+
+
+_HEADER_GLOB = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z?\[\]-]+")
+
+
+def _header_globs(r: _Reader, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if name not in r.table:
+        return default
+    globs = r.strings(name)
+    for glob in globs:
+        r.check(name, bool(_HEADER_GLOB.fullmatch(glob)), f"not a header name or glob: {glob!r}")
+    return globs
 
 
 def _base_url(r: _Reader, base_url: str) -> str:

@@ -100,6 +100,10 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """No connection within ``timeouts.connect``: the account, not the request, failed."""
+
+
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 

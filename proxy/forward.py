@@ -35,7 +35,7 @@ from .repair import (
 from .request import Reply, Request
 from .routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from .sse import looks_like_sse
-from .upstream import response_headers
+from .upstream import header_filter, response_headers
 from .wire import Client, Response
 
 log = get_logger("seamline")
@@ -96,8 +96,9 @@ def plan_request(
     when ``force_stream``: some account has it).
     """
     obj = req.obj
+    fingerprint = hash(req.body)
     if obj is None or route not in COMPLETION_ROUTES:
-        return Plan(Bodies(req.body, req.body), False, False)
+        return Plan(Bodies(req.body, fingerprint=fingerprint), False, False)
     base: dict[str, Any] = {}
     if upstream_model is not None and upstream_model != req.model:
         base["model"] = upstream_model
@@ -106,13 +107,18 @@ def plan_request(
     client_usage = req.stream and options.get("include_usage") is True
     with_usage = {"stream_options": {**options, "include_usage": True}}
     if req.stream:
-        changes = base if client_usage else {**base, **with_usage}
-        send = _rewrite(req.body, obj, changes)
-        return Plan(Bodies(send, req.body), not client_usage, client_usage)
-    forced = (
-        _rewrite(req.body, obj, {**base, "stream": True, **with_usage}) if force_stream else None
-    )
-    return Plan(Bodies(_rewrite(req.body, obj, base), req.body, forced), False, False)
+        if client_usage:
+            bodies = Bodies(_rewrite(req.body, obj, base), fingerprint=fingerprint)
+        else:
+            send = _rewrite(req.body, obj, {**base, **with_usage})
+            bodies = Bodies(send, _rewrite(req.body, obj, base), fingerprint=fingerprint)
+        return Plan(bodies, not client_usage, client_usage)
+    forced = forced_plain = None
+    if force_stream:
+        forced = _rewrite(req.body, obj, {**base, "stream": True, **with_usage})
+        forced_plain = _rewrite(req.body, obj, {**base, "stream": True})
+    bodies = Bodies(_rewrite(req.body, obj, base), None, forced, forced_plain, fingerprint)
+    return Plan(bodies, False, False)
 
 
 @dataclass(slots=True)
@@ -231,18 +237,19 @@ async def _relay(
     anything reached the client and another account should take the request."""
     usage: tuple[int, int] | None = None
     early: tuple[int, bytes] | None = None
+    completed = False
     try:
         result, usage, early = await _answer(
             request, router, answer, outcome, tail, wants, trace, retry.started
         )
+        completed = True
     finally:
         if early is None:
-            broken = outcome.error if not outcome.client_gone else None
-            router.finish(answer, outcome, usage, broken)
+            router.finish(answer, outcome, usage, completed)
     if early is None:
         return result
     failover = router.early_error(answer, early[0], early[1], outcome)
-    if failover and router.may_retry(retry.model, retry.tried):
+    if failover and router.may_retry(retry.model, retry.tried, tail):
         outcome.error = None
         return None
     return result
@@ -264,7 +271,8 @@ async def _answer(
     resp = answer.response
     timeouts = config.timeouts_for(answer.account)
     limit = config.server.max_event_bytes * 8
-    headers = response_headers(resp.headers)
+    allowed = header_filter(config.server.forward_response_headers)
+    headers = response_headers(resp.headers, resp.status, allowed)
     headers["X-Request-ID"] = outcome.request_id
     completions = tail in COMPLETION_ROUTES
     tracer = log.bind(request_id=outcome.request_id) if trace else None

@@ -54,6 +54,10 @@ class Redactor:
     def add_secret(self, secret: str) -> None:
         self.set_secrets((*self._secrets, secret))
 
+    def holds_secret(self, text: str) -> bool:
+        """Whether ``text`` holds one of the configured secrets."""
+        return any(secret in text for secret in self._secrets)
+
     def scrub_known(self, body: bytes) -> bytes:
         """Remove the configured secrets (only those) from bytes bound for a client."""
         for secret in self._secrets:

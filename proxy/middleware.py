@@ -46,6 +46,9 @@ class Gate:
     """
 
     server: Callable[[], ServerConfig] = ServerConfig
+    # server.max_concurrent when the config leaves it out: what the open-file limit
+    # allows at start (each stream holds two sockets).
+    auto_concurrent: int = 0
     draining: bool = False
     in_flight: int = 0
     windows: dict[str, deque[float]] = field(default_factory=dict)
@@ -76,7 +79,8 @@ class Gate:
         s = self.server()
         if self.draining:
             raise NoAccount("seamline is shutting down", retry_after=1)
-        if s.max_concurrent and self.in_flight >= s.max_concurrent:
+        limit = self.auto_concurrent if s.max_concurrent is None else s.max_concurrent
+        if limit and self.in_flight >= limit:
             raise NoAccount("too many concurrent requests", retry_after=1)
         length = request.content_length
         if length is not None and length > s.max_body_bytes:

@@ -21,14 +21,16 @@ async def healthz(request: Request) -> Reply:
 
 
 async def readyz(request: Request) -> Reply:
-    """503 while draining or when no account can take a request right now.
+    """503 while draining, or when no account could take a request even as a probe: all
+    are blocked by the upstream's word (a disable, a quota, a Retry-After) or by an
+    operator's limit. An open circuit alone never makes a replica unready.
 
     With replicas, ``shared_state`` tells whether Redis is reachable.
     """
     gate = request.app.gate
     pool = request.app.runtime.router.pool
     now = time.time()
-    eligible = [name for name, st in pool.states.items() if pool.block(st, now) is None]
+    eligible = pool.ready(now)
     body = {
         "status": "ready",
         "draining": gate.draining,

@@ -40,30 +40,39 @@ def oauth_lock_key(prefix: str, name: str) -> str:
 # Take the first candidate that every replica's view allows, in one step: health
 # blocks, a concurrency lease, an rpm slot and the daily counter. Round robin rotates
 # the candidates by the shared cursor, so replicas take turns as one process would.
-# ARGV: prefix, now, lease id, lease expiry, rotate (1/0), rpm window,
-#       then per candidate: name, rpm, daily limit, max concurrent, quota day start.
-# Returns {chosen 1-based index or 0, then name, reason, value for each refusal}.
+# ``force`` (a probe sent because every account is blocked only by seamline's own
+# inference) looks past open circuits and guessed backoffs, never past the upstream's
+# word (disable, quota, a Retry-After) or an operator's limit.
+# ARGV: prefix, now, lease id, lease expiry, rotate (1/0), rpm window, breaker scope,
+#       force (1/0), then per candidate: name, rpm, daily limit, max concurrent,
+#       quota day start.
+# Returns {chosen 1-based index or 0, then name, reason, value for each refusal}; a
+# breaker refusal's value is "scope=until".
 ACQUIRE = """
 local p, now, lease, expiry = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local window = tonumber(ARGV[6])
-local n = (#ARGV - 6) / 5
+local window, scope, force = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
+local n = (#ARGV - 8) / 5
 local start = 0
 if ARGV[5] == '1' then start = redis.call('INCR', p .. ':cursor') % n end
 local out = {0}
 for i = 0, n - 1 do
   local j = (start + i) % n
-  local b = 7 + j * 5
+  local b = 9 + j * 5
   local name = ARGV[b]
   local rpm, daily, maxc = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local day_start = ARGV[b + 4]
   local h, rk, lk = p .. ':acct:' .. name, p .. ':rpm:' .. name, p .. ':lease:' .. name
   local f = redis.call('HMGET', h, 'disabled', 'quota_until', 'cooldown_until',
-    'breaker_open', 'breaker_until', 'day_start', 'day_requests')
+    'cooldown_explicit', 'breaker:*', 'breaker:' .. scope, 'day_start', 'day_requests')
   local why, value = nil, ''
+  local cooling = tonumber(f[3] or '0') > now
   if f[1] then why, value = 'disabled', f[1]
   elseif tonumber(f[2] or '0') > now then why, value = 'quota', f[2]
-  elseif tonumber(f[3] or '0') > now then why, value = 'rate', f[3]
-  elseif f[4] == '1' and tonumber(f[5] or '0') > now then why, value = 'breaker', f[5]
+  elseif cooling and f[4] == '1' then why, value = 'rate', f[3]
+  elseif cooling and not force then why, value = 'backoff', f[3]
+  elseif not force and tonumber(f[5] or '0') > now then why, value = 'breaker', '*=' .. f[5]
+  elseif not force and tonumber(f[6] or '0') > now then
+    why, value = 'breaker', scope .. '=' .. f[6]
   end
   if not why then
     redis.call('ZREMRANGEBYSCORE', lk, '-inf', now)
@@ -77,8 +86,8 @@ for i = 0, n - 1 do
       why, value = 'rpm', tostring(tonumber(oldest[2]) + window)
     end
   end
-  local fresh_day = tonumber(f[6] or '0') < tonumber(day_start)
-  local today = tonumber(f[7] or '0')
+  local fresh_day = tonumber(f[7] or '0') < tonumber(day_start)
+  local today = tonumber(f[8] or '0')
   if fresh_day then today = 0 end
   if not why and daily > 0 and today >= daily then why, value = 'daily', tostring(today) end
   if why then
@@ -116,12 +125,13 @@ end
 """
 
 # What one replica learned about one account since its last report, merged so that no
-# report undoes another's: cooldown and quota times only grow, counters add up, the
-# breaker and the disable follow the latest report that changed them.
+# report undoes another's: cooldown and quota times only grow (a cooldown keeps whether
+# it was the upstream's word), counters add up, each breaker scope and the disable
+# follow the latest report that changed them.
 # ARGV: prefix, name, day start, requests, day requests, errors, prompt, completion,
-#       last error, times (1/0), cooldown until, quota until, backoff,
-#       breaker (1/0), breaker open (1/0), breaker until,
-#       disable op (set/clear/''), reason, persist (1/0), credential fingerprint.
+#       last error, times (1/0), cooldown until, cooldown explicit (1/0), quota until,
+#       backoff, disable op (set/clear/''), reason, persist (1/0), credential
+#       fingerprint, then per changed breaker scope: scope, until (0: closed).
 REPORT = (
     _DAY
     + """
@@ -136,27 +146,30 @@ redis.call('HINCRBY', h, 'prompt_tokens', prompt)
 redis.call('HINCRBY', h, 'completion_tokens', completion)
 if ARGV[9] ~= '' then redis.call('HSET', h, 'last_error', ARGV[9]) end
 if ARGV[10] == '1' then
-  for _, pair in ipairs({{'cooldown_until', ARGV[11]}, {'quota_until', ARGV[12]}}) do
-    if tonumber(redis.call('HGET', h, pair[1]) or '0') < tonumber(pair[2]) then
-      redis.call('HSET', h, pair[1], pair[2])
-    end
+  if tonumber(redis.call('HGET', h, 'cooldown_until') or '0') < tonumber(ARGV[11]) then
+    redis.call('HSET', h, 'cooldown_until', ARGV[11], 'cooldown_explicit', ARGV[12])
   end
-  redis.call('HSET', h, 'backoff', ARGV[13])
+  if tonumber(redis.call('HGET', h, 'quota_until') or '0') < tonumber(ARGV[13]) then
+    redis.call('HSET', h, 'quota_until', ARGV[13])
+  end
+  redis.call('HSET', h, 'backoff', ARGV[14])
 end
-if ARGV[14] == '1' then
-  redis.call('HSET', h, 'breaker_open', ARGV[15], 'breaker_until', ARGV[16])
-end
-if ARGV[17] == 'set' then
-  redis.call('HSET', h, 'disabled', ARGV[18], 'disabled_persist', ARGV[19],
-    'disabled_credential', ARGV[20])
-elseif ARGV[17] == 'clear' then
+if ARGV[15] == 'set' then
+  redis.call('HSET', h, 'disabled', ARGV[16], 'disabled_persist', ARGV[17],
+    'disabled_credential', ARGV[18])
+elseif ARGV[15] == 'clear' then
   redis.call('HDEL', h, 'disabled', 'disabled_persist', 'disabled_credential')
+end
+for i = 19, #ARGV, 2 do
+  if ARGV[i + 1] == '0' then redis.call('HDEL', h, 'breaker:' .. ARGV[i])
+  else redis.call('HSET', h, 'breaker:' .. ARGV[i], ARGV[i + 1]) end
 end
 return 1
 """
 )
 
-# A snapshot (StateStore.save) merged in: every number only grows, so a replica's
+# A snapshot (StateStore.save) merged in: every number only grows (a cooldown with
+# whether it was the upstream's word), so a replica's
 # periodic save re-seeds a Redis that lost its data and can never undo another
 # replica's newer update. Day counters count only for the same quota day.
 # ARGV: prefix, name, day start, then field, value pairs.
@@ -164,10 +177,20 @@ MERGE = (
     _DAY
     + """
 local text = {disabled = 1, disabled_persist = 1, disabled_credential = 1, last_error = 1}
+local explicit = '0'
+for i = 4, #ARGV, 2 do
+  if ARGV[i] == 'cooldown_explicit' then explicit = ARGV[i + 1] end
+end
 for i = 4, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', h, field)
-  if text[field] then
+  if field == 'cooldown_explicit' then
+    -- set with cooldown_until, which it describes
+  elseif field == 'cooldown_until' then
+    if tonumber(current or '0') < tonumber(value) then
+      redis.call('HSET', h, field, value, 'cooldown_explicit', explicit)
+    end
+  elseif text[field] then
     if not current then redis.call('HSET', h, field, value) end
   elseif (field ~= 'day_requests' and field ~= 'day_tokens') or current == day then
     if tonumber(current or '0') < tonumber(value) then redis.call('HSET', h, field, value) end

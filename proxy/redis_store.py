@@ -15,9 +15,10 @@ from . import redis_scripts as rs
 from .redis_link import Client, RedisLink, Unreachable
 from .state import States
 
-FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start", "breaker_until")
+FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start")
 INTS = ("day_requests", "day_tokens", "requests", "errors", "prompt_tokens", "completion_tokens")
 TEXTS = ("last_error", "disabled", "disabled_credential")
+BREAKER = "breaker:"
 
 
 def parse_hash(h: dict[str, str]) -> dict[str, Any]:
@@ -33,7 +34,11 @@ def parse_hash(h: dict[str, str]) -> dict[str, Any]:
         if h.get(k):
             out[k] = h[k]
     out["disabled_persist"] = h.get("disabled_persist") == "1"
-    out["breaker_open"] = h.get("breaker_open") == "1"
+    out["cooldown_explicit"] = h.get("cooldown_explicit") == "1"
+    # breaker:SCOPE -> until: the open circuits, per scope.
+    out["breakers"] = {
+        k.removeprefix(BREAKER): float(v) for k, v in h.items() if k.startswith(BREAKER)
+    }
     return out
 
 
@@ -66,7 +71,7 @@ class RedisStore:
             saved = parse_hash(h)
             if not saved.pop("disabled_persist"):
                 saved.pop("disabled", None)  # restore() reads a disable as a persisted one
-            saved.pop("breaker_open")
+            saved.pop("breakers")
             out[name] = saved
         return out
 
@@ -80,6 +85,8 @@ class RedisStore:
                 for k, v in data.items():
                     if v is None or k == "day_start":
                         continue
+                    if isinstance(v, bool):
+                        v = int(v)
                     args += [k, repr(v) if isinstance(v, float) else str(v)]
                 if data.get("disabled"):
                     args += ["disabled_persist", "1"]

@@ -17,9 +17,17 @@ import aiohttp
 from multidict import CIMultiDict
 
 from . import upstream as up
-from .accounts import AccountState, Limits, Pool, Strategy
+from .accounts import ACCOUNT, AccountState, Limits, Pool, Strategy
 from .config import AccountConfig, Config
-from .errors import NoAccount, NotFound, RateLimited, SeamlineError, UpstreamError
+from .errors import (
+    NoAccount,
+    NotFound,
+    RateLimited,
+    SeamlineError,
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamUnreachable,
+)
 from .health import FAILOVER, Verdict, classify, parse_retry_after
 from .logs import get_logger, redactor
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
@@ -33,6 +41,35 @@ if TYPE_CHECKING:
 log = get_logger("seamline.routing")
 
 ERROR_BODY_LIMIT = 1024 * 1024
+# How long an account that refused ``stream_options`` gets requests without it.
+PLAIN_S = 3600.0
+
+# Breaker scopes: a route's first path segment when it is one of the API's, else one
+# scope for all the rest (a client's made-up paths must not grow the pool's state).
+_SCOPES = frozenset(
+    {
+        "chat", "completions", "embeddings", "responses", "messages", "models", "files",
+        "audio", "images", "moderations", "batches", "fine_tuning", "assistants", "threads",
+        "vector_stores", "uploads", "rerank", "tokenize",
+    }
+)  # fmt: skip
+
+
+def scope_of(tail: str) -> str:
+    """The breaker scope of a path after ``/v1/``: failures on one route (one the
+    upstream does not serve, say) do not make the account look down for the others."""
+    head = tail.split("/", 1)[0]
+    return head if head in _SCOPES else "other"
+
+
+def _connect_failure(exc: UpstreamError) -> bool:
+    """The account could not be reached at all, whatever the request: its whole breaker."""
+    return isinstance(exc, UpstreamUnreachable | UpstreamConnectTimeout)
+
+
+def _names_stream_options(body: bytes) -> bool:
+    low = body.lower()
+    return b"stream_options" in low or b"include_usage" in low
 
 
 def limits_of(acc: AccountConfig) -> Limits:
@@ -63,11 +100,30 @@ def make_pool(config: Config) -> Pool:
 
 @dataclass(frozen=True, slots=True)
 class Bodies:
-    """The request body to send, the client's original, and the one that forces a stream."""
+    """The request bodies an account may get.
+
+    ``send`` asks for the usage chunk when seamline added that; ``plain`` is the same
+    without it, for an account that refuses ``stream_options`` (None: nothing was
+    added). ``forced`` and ``forced_plain`` are the same for ``force_stream`` accounts
+    (made only when some account has it). ``fingerprint`` tells requests apart for the
+    breaker (a client retrying one prompt is one request).
+    """
 
     send: bytes
-    original: bytes
+    plain: bytes | None = None
     forced: bytes | None = None
+    forced_plain: bytes | None = None
+    fingerprint: int = 0
+
+    def body(self, force_stream: bool, plain: bool) -> tuple[bytes, bool]:
+        """The body for an account, and whether a plain one could still follow it."""
+        if force_stream and self.forced is not None:
+            if plain and self.forced_plain is not None:
+                return self.forced_plain, False
+            return self.forced, self.forced_plain is not None
+        if plain and self.plain is not None:
+            return self.plain, False
+        return self.send, self.plain is not None
 
 
 @dataclass
@@ -77,6 +133,8 @@ class UpstreamAnswer:
     account: AccountConfig
     state: AccountState
     response: Response
+    scope: str = ACCOUNT
+    fingerprint: int = 0
 
 
 @dataclass
@@ -93,7 +151,7 @@ class FailedOver:
     """The account failed in a way that moves on to the next one.
 
     ``answer`` is what the client gets should every account fail so (5xx bodies are
-    informative; a rate limit or a rejected key is better told by seamline itself).
+    informative, as is a 429; a quota or a rejected key is better told by seamline).
     """
 
     answer: FailedAnswer | None
@@ -132,26 +190,26 @@ class Router:
     ) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
-        An upstream that rejects a body seamline changed (``stream_options``) with a
-        400 is asked once more with the client's original. ``tried``: the accounts this
-        request already went to, extended in place with each one tried here; they count
-        against ``routing.max_attempts``, and a later call does not try them again.
+        ``tried``: the accounts this request already went to, extended in place with
+        each one tried here; they count against ``routing.max_attempts``, and a later
+        call does not try them again.
         """
         self._pick_up_new_logins()
         pool = self.pool
         accounts = self.accounts
+        scope = scope_of(tail)
         tried = [] if tried is None else tried
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         last_failure: FailedAnswer | None = None
         last_error: SeamlineError | None = None
         while len(tried) < limit:
             now = time.time()
-            st = await self._take(model, now, tried)
+            st = await self._take(model, now, tried, scope)
             if st is None:
                 break
             tried.append(st.name)
             acc = accounts[st.name]
-            pool.acquire(st, now)
+            pool.acquire(st, now, scope)
             try:
                 answer = await self._attempt(
                     session, client, acc, st, method, tail, query, client_headers, bodies, outcome
@@ -175,7 +233,8 @@ class Router:
         if not tried:
             raise _unavailable(pool, model, now)
         verdict = pool.unavailable(model, now)
-        if verdict.status == 429:
+        if verdict.status == 429 and (last_failure is None or last_failure.status == 429):
+            # Told better by seamline: the soonest Retry-After of them all.
             raise RateLimited(verdict.message, retry_after=verdict.retry_after)
         if last_failure is not None:
             return last_failure
@@ -183,20 +242,32 @@ class Router:
             raise last_error
         raise NoAccount(verdict.message, retry_after=verdict.retry_after)
 
-    async def _take(self, model: str | None, now: float, tried: list[str]) -> AccountState | None:
-        """The next account to try; with replicas, one that all of them allow now."""
+    async def _take(
+        self, model: str | None, now: float, tried: list[str], scope: str
+    ) -> AccountState | None:
+        """The next account to try; with replicas, one that all of them allow now.
+
+        When every account left is blocked only by seamline's own inference (an open
+        circuit, a guessed backoff), the one that recovers soonest takes the request as
+        its probe: only the upstream's word or an operator's limit refuses a request.
+        """
         pool, shared = self.pool, self.shared
         if shared is None:
-            return pool.pick(model, now, exclude=tried)
+            return pool.pick(model, now, tried, scope) or pool.fallback(model, now, tried, scope)
         rotate = pool.strategy is Strategy.ROUND_ROBIN
         refused = list(tried)
         # Each round either takes an account or leaves out every candidate it offered,
         # so this ends; a refusal costs no attempt, as the account was never called.
-        while candidates := pool.candidates(model, now, exclude=refused):
-            st, offered = await shared.take(candidates, rotate, now, pool.choose)
+        while candidates := pool.candidates(model, now, refused, scope):
+            st, offered = await shared.take(candidates, rotate, now, pool.choose, scope)
             if st is not None:
                 return st
             refused += [c.name for c in offered]
+        while (probe := pool.fallback(model, now, refused, scope)) is not None:
+            st, _ = await shared.take([probe], False, now, pool.choose, scope, force=True)
+            if st is not None:
+                return st
+            refused.append(probe.name)
         return None
 
     async def _attempt(
@@ -214,12 +285,13 @@ class Router:
     ) -> UpstreamAnswer | FailedAnswer | FailedOver:
         """One account: a usable answer, a client error, or FailedOver (pool told)."""
         pool = self.pool
+        scope = scope_of(tail)
+        fingerprint = bodies.fingerprint
         timeouts = self.config.timeouts_for(acc)
-        original = bodies.original
-        body = bodies.forced if acc.force_stream and bodies.forced is not None else bodies.send
+        body, may_drop_options = bodies.body(acc.force_stream, st.plain_until > time.time())
         oauth = self.oauth.get(acc.name)
         token: str | None = None
-        retried_401 = retried_body = False
+        retried_401 = False
         while True:
             try:
                 base_url = acc.base_url
@@ -233,12 +305,14 @@ class Router:
                 self._disable(st, exc.message, persist=True, outcome=outcome)
                 raise
             except UpstreamError as exc:
-                pool.failed(st, time.time(), exc.message)
+                where = ACCOUNT if _connect_failure(exc) else scope
+                pool.failed(st, time.time(), exc.message, where, fingerprint)
                 _note(outcome, acc, exc.message)
                 raise
             if resp.status < 400:
-                pool.succeeded(st)
-                return UpstreamAnswer(acc, st, resp)
+                # Whether the answer works is known once it ended (``finish``).
+                pool.answered(st)
+                return UpstreamAnswer(acc, st, resp, scope, fingerprint)
             err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
             verdict = classify(resp.status, err_body)
             now = time.time()
@@ -250,23 +324,26 @@ class Router:
                     self._disable(st, exc.message, persist=True, outcome=outcome)
                     raise
                 except OAuthError as exc:
-                    pool.failed(st, now, exc.message)
+                    pool.failed(st, now, exc.message, ACCOUNT)
                     _note(outcome, acc, exc.message)
                     raise
                 continue
-            if (
-                verdict is Verdict.CLIENT_ERROR
-                and resp.status == 400
-                and body is not original
-                and not retried_body
-            ):
-                retried_body = True  # maybe it refused the stream_options we added
-                body = original
+            if may_drop_options and resp.status in (400, 422) and _names_stream_options(err_body):
+                # It refused the stream_options seamline added (not the client): ask once
+                # more without them, and leave them out for this account for a while.
+                st.plain_until = now + PLAIN_S
+                log.info(
+                    "stream_options_refused",
+                    account=acc.name,
+                    status=resp.status,
+                    request_id=outcome.request_id,
+                )
+                body, may_drop_options = bodies.body(acc.force_stream, True)
                 continue
-            out_headers = up.response_headers(resp.headers)
-            return self._judge(
-                acc, st, verdict, FailedAnswer(resp.status, out_headers, err_body), outcome
-            )
+            allowed = up.header_filter(self.config.server.forward_response_headers)
+            out_headers = up.response_headers(resp.headers, resp.status, allowed)
+            failed = FailedAnswer(resp.status, out_headers, err_body)
+            return self._judge(acc, st, verdict, failed, outcome, scope, fingerprint)
 
     def _judge(
         self,
@@ -275,6 +352,8 @@ class Router:
         verdict: Verdict,
         answer: FailedAnswer,
         outcome: Outcome,
+        scope: str,
+        fingerprint: int,
     ) -> FailedAnswer | FailedOver:
         """What an upstream's error answer means: the client's own error to return, or
         a failure of the account (the pool told) to move on from."""
@@ -288,6 +367,10 @@ class Router:
             pool.quota_exhausted(st, now, retry_after)
         elif verdict is Verdict.RATE:
             pool.rate_limited(st, now, retry_after)
+            _note(outcome, acc, reason)
+            # Should every account fail so with no Retry-After to say when, this 429 is
+            # the client's answer, as it would be without seamline.
+            return FailedOver(answer)
         elif verdict is Verdict.AUTH:
             self._disable(
                 st,
@@ -297,7 +380,7 @@ class Router:
             )
             return FailedOver(None)
         else:
-            pool.failed(st, now, reason)
+            pool.failed(st, now, reason, scope, fingerprint)
             _note(outcome, acc, reason)
             return FailedOver(answer)
         _note(outcome, acc, reason)
@@ -313,15 +396,19 @@ class Router:
         self.pool.release(answer.state)
         verdict = classify(status, payload)
         failed = FailedAnswer(status, CIMultiDict(), payload)
-        return isinstance(
-            self._judge(answer.account, answer.state, verdict, failed, outcome), FailedOver
+        judged = self._judge(
+            answer.account, answer.state, verdict, failed, outcome, answer.scope, answer.fingerprint
         )
+        return isinstance(judged, FailedOver)
 
-    def may_retry(self, model: str | None, tried: Sequence[str]) -> bool:
+    def may_retry(self, model: str | None, tried: Sequence[str], tail: str) -> bool:
         """Another account may still take this request (a local look; it acquires nothing)."""
         pool = self.pool
         limit = self.config.routing.max_attempts or len(pool.serving(model))
-        return len(tried) < limit and bool(pool.candidates(model, time.time(), exclude=tried))
+        if len(tried) >= limit:
+            return False
+        now, scope = time.time(), scope_of(tail)
+        return pool.fallback(model, now, tried, scope) is not None
 
     def _pick_up_new_logins(self) -> None:
         """Put an OAuth account whose refresh was rejected back once its user logs in again.
@@ -353,16 +440,22 @@ class Router:
         answer: UpstreamAnswer,
         outcome: Outcome,
         usage: tuple[int, int] | None,
-        broken: str | None,
+        completed: bool,
     ) -> None:
-        """The relay is over: release the account and book usage or the failure."""
+        """The relay is over: release the account, and book usage and what the answer
+        proved: a failure when it broke, a success (which closes its circuits) only once
+        it ``completed``; a client that left (or a cancelled relay) proves neither."""
         pool = self.pool
         now = time.time()
         pool.release(answer.state)
         if usage is not None:
             pool.add_usage(answer.state, usage[0], usage[1], now)
-        if broken is not None:
-            pool.failed(answer.state, now, broken)
+        if outcome.client_gone:
+            return
+        if outcome.error is not None:
+            pool.failed(answer.state, now, outcome.error, answer.scope, answer.fingerprint)
+        elif completed:
+            pool.succeeded(answer.state, answer.scope)
 
 
 def _fingerprint(secret: str) -> str:

@@ -7,6 +7,7 @@ their state and streams in flight keep the objects they started with.
 from __future__ import annotations
 
 import os
+import resource
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,19 @@ from .state import Persister, open_store
 from .wire import Client, Response
 
 log = get_logger("seamline")
+
+# Files besides the streams' sockets: listeners, logs, the state database, Redis.
+SPARE_FILES = 64
+
+
+def open_file_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def auto_concurrent(files: int) -> int:
+    """The requests in flight that ``files`` open files allow: each stream holds two
+    sockets (the client's and the upstream's)."""
+    return max(1, (files - SPARE_FILES) // 2)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -50,7 +50,7 @@ class Report:
     prompt: int = 0
     completion: int = 0
     times: bool = False
-    breaker: bool = False
+    breakers: set[str] = field(default_factory=set)  # scopes whose circuit changed here
     disable: str = ""  # "set" or "clear" when a disable or enable happened here
 
     def absorb(self, older: Report) -> None:
@@ -61,7 +61,7 @@ class Report:
         self.prompt += older.prompt
         self.completion += older.completion
         self.times |= older.times
-        self.breaker |= older.breaker
+        self.breakers |= older.breakers
         self.disable = self.disable or older.disable
 
 
@@ -86,7 +86,8 @@ class SharedPool:
         self.reports: dict[str, Report] = {}
         self.releases: list[tuple[str, str]] = []
         self._seq = itertools.count()
-        self._breaker_seen: dict[str, tuple[bool, float]] = {}
+        # account -> scope -> the circuit's until (0: closed) as last agreed with Redis.
+        self._breaker_seen: dict[str, dict[str, float]] = {}
         self._renewed = 0.0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -111,11 +112,15 @@ class SharedPool:
             r.times = True
         else:
             r.disable = "set" if change is Change.DISABLE else "clear"
-        # The breaker is reported only when it changed here, so a replica that never
-        # saw it open cannot close it for everyone by reporting an unrelated 429.
-        if (st.breaker_open, st.breaker_until) != self._breaker_seen.get(st.name, (False, 0.0)):
-            r.breaker = True
+        # A breaker is reported only when it changed here, so a replica that never saw
+        # it open cannot close it for everyone by reporting an unrelated 429.
+        r.breakers |= self._breakers_changed(st)
         self._poke()
+
+    def _breakers_changed(self, st: AccountState) -> set[str]:
+        current = st.open_breakers()
+        seen = self._breaker_seen.get(st.name, {})
+        return {s for s in seen.keys() | current if current.get(s, 0.0) != seen.get(s, 0.0)}
 
     def used(self, st: AccountState, prompt: int, completion: int) -> None:
         r = self._pending(st.name)
@@ -149,18 +154,31 @@ class SharedPool:
         rotate: bool,
         now: float,
         choose: Callable[[list[AccountState]], AccountState],
+        scope: str,
+        force: bool = False,
     ) -> tuple[AccountState | None, list[AccountState]]:
         """The candidate that every replica's view allows now, with its slot taken.
 
         ``rotate``: round robin by the shared cursor over all candidates; otherwise the
         local ``choose`` picks one first. Also returns the candidates offered to Redis;
         when it refused them all (the refusals are applied to the local view) the account
-        is None. While Redis is down, ``choose`` decides alone.
+        is None. While Redis is down, ``choose`` decides alone. ``scope``: the request's
+        breaker scope; ``force``: a probe, which open circuits and guessed backoffs do
+        not refuse (the upstream's word and the operator's limits still do).
         """
         order = candidates if rotate else [choose(candidates)]
         lease = f"{self.replica}:{next(self._seq)}"
         expiry = now + self.lease_s
-        args: list[Any] = [self.prefix, repr(now), lease, repr(expiry), int(rotate), RPM_WINDOW]
+        args: list[Any] = [
+            self.prefix,
+            repr(now),
+            lease,
+            repr(expiry),
+            int(rotate),
+            RPM_WINDOW,
+            scope,
+            int(force),
+        ]
         for st in order:
             lim = st.limits
             day = repr(last_reset(lim, now))
@@ -193,11 +211,15 @@ class SharedPool:
                 continue
             if why == "quota":
                 st.quota_until = max(st.quota_until, float(value))
-            elif why == "rate":
-                st.cooldown_until = max(st.cooldown_until, float(value))
+            elif why in ("rate", "backoff"):
+                if float(value) >= st.cooldown_until:
+                    st.cooldown_until = float(value)
+                    st.cooldown_explicit = why == "rate"
             elif why == "breaker":
-                st.breaker_open, st.breaker_until = True, float(value)
-                self._breaker_seen[name] = (True, st.breaker_until)
+                scope, _, until = value.partition("=")
+                b = st.breaker(scope)
+                b.open, b.until = True, float(until)
+                self._breaker_seen.setdefault(name, {})[scope] = b.until
             elif why == "disabled":
                 st.disabled = st.disabled or value
             elif why == "busy":
@@ -268,12 +290,19 @@ class SharedPool:
             raise
         for name, r in reports.items():
             st = self.pool.states.get(name)
-            if r.breaker and st is not None:
-                self._breaker_seen[name] = (st.breaker_open, st.breaker_until)
+            if st is not None:
+                current = st.open_breakers()
+                seen = self._breaker_seen.setdefault(name, {})
+                for scope in r.breakers:
+                    seen[scope] = current.get(scope, 0.0)
 
     def _report_args(self, st: AccountState, r: Report, now: float) -> list[Any]:
         disabled = r.disable == "set" and st.disabled is not None
         op = ("set" if disabled else "clear") if r.disable else ""
+        current = st.open_breakers()
+        breakers: list[Any] = []
+        for scope in sorted(r.breakers):
+            breakers += [scope, repr(current[scope]) if scope in current else "0"]
         return [
             self.prefix,
             st.name,
@@ -286,15 +315,14 @@ class SharedPool:
             (st.last_error or "") if r.errors else "",
             int(r.times),
             repr(st.cooldown_until),
+            int(st.cooldown_explicit),
             repr(st.quota_until),
             repr(st.backoff),
-            int(r.breaker),
-            int(st.breaker_open),
-            repr(st.breaker_until),
             op,
             st.disabled or "",
             int(st.disabled_persist),
             st.disabled_credential or "",
+            *breakers,
         ]
 
     async def sync(self) -> None:
@@ -338,15 +366,12 @@ class SharedPool:
         # next save merges back in. A pending report is newer than what was read.
         if shared is None or st.name in self.reports:
             return
-        st.cooldown_until = max(st.cooldown_until, shared.get("cooldown_until", 0.0))
+        cooldown = shared.get("cooldown_until", 0.0)
+        if cooldown > st.cooldown_until:
+            st.cooldown_until, st.cooldown_explicit = cooldown, shared["cooldown_explicit"]
         st.quota_until = max(st.quota_until, shared.get("quota_until", 0.0))
         st.backoff = shared.get("backoff", st.backoff)
-        breaker = (shared["breaker_open"], shared.get("breaker_until", 0.0))
-        if breaker != self._breaker_seen.get(st.name, (False, 0.0)):
-            self._breaker_seen[st.name] = breaker
-            st.breaker_open, st.breaker_until = breaker
-            if not st.breaker_open:
-                st.failures = 0
+        self._apply_breakers(st, shared["breakers"])
         reason = shared.get("disabled")
         if reason != st.disabled:
             st.disabled = reason
@@ -361,6 +386,20 @@ class SharedPool:
         if day == st.day_start:
             st.day_requests = max(st.day_requests, shared.get("day_requests", 0))
             st.day_tokens = max(st.day_tokens, shared.get("day_tokens", 0))
+
+    def _apply_breakers(self, st: AccountState, shared: dict[str, float]) -> None:
+        """Each scope's circuit as Redis has it, where it changed since last agreed."""
+        seen = self._breaker_seen.setdefault(st.name, {})
+        for scope in seen.keys() | shared:
+            until = shared.get(scope, 0.0)
+            if until == seen.get(scope, 0.0):
+                continue
+            seen[scope] = until
+            if until:
+                b = st.breaker(scope)
+                b.open, b.until = True, until
+            else:
+                st.breakers.pop(scope, None)  # closed elsewhere: its failures start over
 
     # --- link events ------------------------------------------------------------------
 

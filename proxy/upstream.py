@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import functools
+import re
 from collections.abc import Callable, Mapping
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from .config import AccountConfig, Timeouts
 from .errors import UpstreamTimeout
+from .logs import redactor
 from .wire import Client, Response
 
 HOP_BY_HOP = frozenset(
@@ -37,24 +41,86 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "accept-encoding",
     "openai-organization",
     "openai-project",
+    # Who the client is and what it reached: a client can spoof every one of these, and
+    # an upstream (or a gateway in front of it) may trust them for identity, rate
+    # limits, routing or the method.
     "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
     "forwarded",
+    "via",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
     # seamline already holds the whole body: asking the upstream for "100 Continue"
     # could only stall the request.
     "expect",
     # aiohttp inflated the client's body; it goes upstream as it is now.
     "content-encoding",
 }
-_DROP_RESPONSE = HOP_BY_HOP | {
+# Response headers seamline always sets itself (Content-Type) or on its own terms
+# (Retry-After, only where it means something); the rest pass only when the operator
+# lists them in ``server.forward_response_headers``.
+RETRY_HEADERS = ("retry-after", "retry-after-ms")
+_RETRY_STATUSES = frozenset({429, 503, 529})
+# Never forwarded, whatever the operator allows: framing seamline redoes, its own
+# request id, and the account's credentials and sessions.
+_NEVER = HOP_BY_HOP | {
     "content-length",
     "content-encoding",
-    "set-cookie",
-    "server",
     "date",
     "x-request-id",
-    "alt-svc",
-    "strict-transport-security",
+    "set-cookie",
+    "authorization",
+    "www-authenticate",
 }
+UPSTREAM_ID = "X-Upstream-Request-ID"
+_UPSTREAM_IDS = ("x-request-id", "request-id")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class HeaderFilter:
+    """Which upstream response headers reach the client: names and globs, compiled
+    once per config (exact names are a set lookup, the per-request cost)."""
+
+    __slots__ = ("_exact", "_globs")
+
+    def __init__(self, allowed: tuple[str, ...]) -> None:
+        names = [a.lower() for a in allowed]
+        self._exact = frozenset(n for n in names if not any(c in n for c in "*?["))
+        globs = [fnmatch.translate(n) for n in names if n not in self._exact]
+        self._globs = re.compile("|".join(globs)) if globs else None
+
+    def allows(self, lowered: str) -> bool:
+        if lowered in self._exact:
+            return True
+        return self._globs is not None and self._globs.match(lowered) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def header_filter(allowed: tuple[str, ...]) -> HeaderFilter:
+    return HeaderFilter(allowed)
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
@@ -83,11 +149,13 @@ def target_url(base_url: str, tail: str, query: str) -> str:
 def request_headers(
     client: Mapping[str, str], account: AccountConfig, request_id: str, token: str | None = None
 ) -> CIMultiDict[str]:
-    """The client's headers minus its credentials and hop-by-hop ones, plus the account's."""
+    """The client's headers minus its credentials, identity and hop-by-hop ones, plus
+    the account's. A name with an underscore never goes: servers that fold ``_`` into
+    ``-`` would read it as another header (``X_Real_IP`` as ``X-Real-IP``)."""
     out: CIMultiDict[str] = CIMultiDict()
     drop = _DROP_REQUEST | _connection_tokens(client)
     for name, value in client.items():
-        if name.lower() not in drop:
+        if name.lower() not in drop and "_" not in name:
             out.add(name, value)
     out["Accept-Encoding"] = "identity"
     out["X-Request-ID"] = request_id
@@ -99,14 +167,28 @@ def request_headers(
     return out
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(
+    upstream: Mapping[str, str], status: int, allowed: HeaderFilter
+) -> CIMultiDict[str]:
+    """What of an upstream's response headers the client gets: its content type, its
+    Retry-After on a 429 or 503, its request id as X-Upstream-Request-ID, and what the
+    operator allowed; never a value that holds one of seamline's secrets."""
     out: CIMultiDict[str] = CIMultiDict()
-    drop = _DROP_RESPONSE | _connection_tokens(upstream)
+    never = _NEVER | _connection_tokens(upstream)
     for name, value in upstream.items():
-        if name.lower() not in drop:
+        low = name.lower()
+        if low == "content-type":
             out.add(name, value)
-    if "x-request-id" in upstream:
-        out["X-Upstream-Request-ID"] = upstream["x-request-id"]
+        elif low in RETRY_HEADERS:
+            if status in _RETRY_STATUSES:
+                out.add(name, value)
+        elif low not in never and allowed.allows(low) and not redactor.holds_secret(value):
+            out.add(name, value)
+    for id_name in _UPSTREAM_IDS:
+        given = upstream.get(id_name)
+        if given and _SANE_ID.fullmatch(given) and not redactor.holds_secret(given):
+            out[UPSTREAM_ID] = given
+            break
     return out
 
 

@@ -25,7 +25,13 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
+from .errors import (
+    UpstreamConnectTimeout,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 _MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
 # Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
@@ -546,7 +552,9 @@ class Client:
                 assert failure is not None
                 raise failure
         except TimeoutError:
-            raise UpstreamTimeout(f"upstream connect timed out after {within:g}s") from None
+            raise UpstreamConnectTimeout(
+                f"upstream connect timed out after {within:g}s"
+            ) from None
         except ssl.SSLError as exc:
             reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
             raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}") from exc

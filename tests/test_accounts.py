@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from proxy.accounts import Block, Limits, Pool, Strategy, _day_start, last_reset, next_reset
+from proxy.accounts import (
+    Block,
+    Limits,
+    Pool,
+    Strategy,
+    Unavailable,
+    _day_start,
+    last_reset,
+    next_reset,
+)
 from proxy.health import Verdict, classify, parse_retry_after
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
@@ -253,3 +262,126 @@ def test_the_remembered_quota_day_is_always_the_computed_one(
     for tz, hour, minute, now in asks:
         lim = Limits("a", reset_tz=tz, reset_hour=hour, reset_minute=minute)
         assert _day_start(lim, now) == last_reset(lim, now)
+
+
+# -- never refuse on a guess --------------------------------------------------------------
+
+
+def test_an_open_circuit_steers_but_the_soonest_blocked_account_is_the_fallback() -> None:
+    p = pool(Limits("a"), Limits("b"), Limits("c"))
+    a, b, c = (p.states[n] for n in "abc")
+    for n in range(3):
+        p.failed(a, T0 + 1, "500", "chat", n)  # open until T0 + 31
+        p.failed(b, T0 + 2, "500", "chat", n)  # open until T0 + 32
+    p.disable(c, "401")
+    assert p.candidates("m", T0 + 3, scope="chat") == []
+    assert p.fallback("m", T0 + 3, scope="chat") is a  # a's circuit closes first
+    assert p.fallback("m", T0 + 3, exclude={"a"}, scope="chat") is b
+    assert p.fallback("m", T0 + 3, exclude={"a", "b"}, scope="chat") is None  # c: the word
+
+
+def test_a_route_scope_blocks_only_that_route_and_the_account_scope_blocks_all() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    for n in range(3):
+        p.failed(a, T0, "500", "responses", n)
+    assert p.block(a, T0, "responses") == (Block.BREAKER, T0 + 30)
+    assert p.block(a, T0, "chat") is None
+    for _ in range(3):
+        p.failed(a, T0, "connection refused")  # the account scope: no fingerprint
+    assert p.block(a, T0, "chat") == (Block.BREAKER, T0 + 30)
+    assert p.hard_block(a, T0) is None
+    assert p.ready(T0) == ["a"]
+
+
+def test_the_same_request_failing_again_counts_once() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    for _ in range(10):
+        p.failed(a, T0, "500", "chat", 42)
+    assert p.block(a, T0, "chat") is None
+    p.failed(a, T0, "500", "chat", 43)
+    p.failed(a, T0, "500", "chat", 44)
+    assert p.block(a, T0, "chat") == (Block.BREAKER, T0 + 30)
+
+
+def test_a_success_closes_its_scope_and_the_account_scope_but_not_another_route() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    for n in range(3):
+        p.failed(a, T0, "500", "responses", n)
+        p.failed(a, T0, "500", "embeddings", n)
+    p.succeeded(a, "embeddings")
+    assert p.block(a, T0, "embeddings") is None
+    assert p.block(a, T0, "responses") == (Block.BREAKER, T0 + 30)
+
+
+def test_a_guessed_backoff_is_soft_and_a_retry_after_is_hard() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    p.rate_limited(a, T0, None)
+    assert p.hard_block(a, T0) is None
+    assert p.soft_block(a, T0) == (Block.RATE, T0 + 1)
+    p.rate_limited(a, T0, 30)
+    assert p.hard_block(a, T0) == (Block.RATE, T0 + 30)
+    p.rate_limited(a, T0 + 1, None)  # a guess never shortens the upstream's word
+    assert p.hard_block(a, T0 + 1) == (Block.RATE, T0 + 30)
+    assert p.unavailable("m", T0 + 1) == Unavailable(
+        429, "all accounts are rate limited or out of quota", 29
+    )
+
+
+def test_operator_limits_are_hard_blocks() -> None:
+    p = pool(Limits("a", max_concurrent=1))
+    a = p.states["a"]
+    p.acquire(a, T0)
+    assert p.hard_block(a, T0) == (Block.BUSY, None)
+    assert p.fallback("m", T0) is None
+    assert p.ready(T0) == []
+
+
+def test_a_probe_that_fails_reopens_even_when_it_was_the_same_request() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    for n in range(3):
+        p.failed(a, T0, "500", "chat", n)
+    p.acquire(a, T0 + 30, "chat")  # half-open: this one is the probe
+    assert p.block(a, T0 + 30, "chat") == (Block.BREAKER, None)
+    p.failed(a, T0 + 30, "500", "chat", 2)
+    assert p.block(a, T0 + 30, "chat") == (Block.BREAKER, T0 + 60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hs.lists(
+        hs.tuples(
+            hs.sampled_from(["fail", "rate", "retry_after", "quota", "ok"]),
+            hs.sampled_from(["a", "b"]),
+            hs.sampled_from(["chat", "responses", "*"]),
+            hs.integers(0, 5),
+        ),
+        max_size=30,
+    )
+)
+def test_a_request_is_refused_only_when_every_account_is_blocked_by_word_or_limit(
+    steps: list[tuple[str, str, str, int]],
+) -> None:
+    p = pool(Limits("a"), Limits("b"))
+    now = T0
+    for action, name, scope, n in steps:
+        st = p.states[name]
+        now += 0.5
+        if action == "fail":
+            p.failed(st, now, "500", scope, n)
+        elif action == "rate":
+            p.rate_limited(st, now, None)
+        elif action == "retry_after":
+            p.rate_limited(st, now, 5.0)
+        elif action == "quota":
+            p.quota_exhausted(st, now, 5.0)
+        else:
+            p.succeeded(st, scope)
+        for route in ("chat", "responses"):
+            chosen = p.pick("m", now, scope=route) or p.fallback("m", now, scope=route)
+            hard = [p.hard_block(s, now) for s in p.states.values()]
+            assert (chosen is None) == all(h is not None for h in hard)

@@ -445,16 +445,19 @@ def test_serve_on_a_port_in_use_exits_1_without_traceback(
     assert "Traceback" not in server.stderr
 
 
-@pytest.mark.parametrize(("max_concurrent", "warned"), [(1000, True), (100, False)])
+@pytest.mark.parametrize(
+    ("max_concurrent", "warned"), [(1000, True), (100, False), (None, False)]
+)
 def test_serve_raises_its_open_file_limit_and_warns_when_it_is_too_low(
     tmp_path: Path,
     start_server: Callable[[list[str]], Server],
-    max_concurrent: int,
+    max_concurrent: int | None,
     warned: bool,
 ) -> None:
     # Soft 256, hard 512: seamline raises the soft limit to 512, which holds 100 streams
-    # (two sockets each) but not 1000.
-    config = write(tmp_path, f"[server]\nport = 0\nmax_concurrent = {max_concurrent}\n" + ACCOUNT)
+    # (two sockets each) but not 1000. Left out, the limit is derived from it: no warning.
+    setting = "" if max_concurrent is None else f"max_concurrent = {max_concurrent}\n"
+    config = write(tmp_path, "[server]\nport = 0\n" + setting + ACCOUNT)
     limited = ["bash", "-c", 'ulimit -Sn 256 && ulimit -Hn 512 && exec "$@"', "bash"]
     server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
     server.wait_for_line("seamline listening on ")

@@ -80,6 +80,25 @@ def test_example_config_is_valid_without_environment_and_lists_the_defaults() ->
     assert config.accounts[0].api_key is None
 
 
+def test_max_concurrent_left_out_is_derived_from_the_open_file_limit() -> None:
+    assert ok(ACCOUNT).server.max_concurrent is None
+    assert ok("[server]\nmax_concurrent = 0\n" + ACCOUNT).server.max_concurrent == 0
+    assert ok("[server]\nmax_concurrent = 5\n" + ACCOUNT).server.max_concurrent == 5
+
+
+def test_forwarded_response_headers_take_names_and_globs() -> None:
+    text = '[server]\nforward_response_headers = ["x-ratelimit-*", "Openai-Version"]\n'
+    server = ok(text + ACCOUNT).server
+    assert server.forward_response_headers == ("x-ratelimit-*", "Openai-Version")
+
+
+@pytest.mark.parametrize("glob", ["", "x y", "a:b", "x\\nb"])
+def test_a_forwarded_header_that_is_no_header_name_is_rejected(glob: str) -> None:
+    text = f"[server]\nforward_response_headers = [{toml_string(glob)}]\n"
+    message = error(text + ACCOUNT)
+    assert message.startswith(f"{PATH}: server.forward_response_headers: not a header name")
+
+
 def test_every_key_is_read() -> None:
     config = ok(
         """

@@ -26,14 +26,23 @@ def test_the_usage_option_is_spliced_in_and_the_clients_bytes_stay_as_they_were(
     plan = planned(body)
     sent = plan.bodies.send
     assert sent == b'  {"stream_options":{"include_usage":true},' + body.lstrip()[1:]
-    assert plan.bodies.original == body
+    assert plan.bodies.plain == body  # what an account that refuses the option gets
     assert plan.strip_usage and not plan.client_usage
+
+
+def test_an_aliased_request_without_the_option_keeps_the_alias() -> None:
+    plan = planned(b'{"model":"gpt-4o","stream":true}', "qwen-max")
+    assert plan.bodies.plain is not None
+    assert json.loads(plan.bodies.plain) == {"model": "qwen-max", "stream": True}
+    assert plan.bodies.body(False, True) == (plan.bodies.plain, False)
+    assert plan.bodies.body(False, False) == (plan.bodies.send, True)
 
 
 def test_a_client_that_asked_for_usage_is_sent_as_it_is() -> None:
     body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
     plan = planned(body)
     assert plan.bodies.send is body
+    assert plan.bodies.plain is None  # the client's own option is never taken away
     assert plan.client_usage and not plan.strip_usage
 
 
@@ -60,6 +69,9 @@ def test_the_forced_stream_body_is_made_only_when_an_account_forces_streams() ->
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    forced_plain = planned(body).bodies.forced_plain
+    assert forced_plain is not None
+    assert json.loads(forced_plain) == {"model": "m", "messages": [], "stream": True}
     assert planned(body).bodies.send is body
 
 

@@ -247,16 +247,18 @@ async def test_a_crashed_replicas_leases_stop_counting(redis_server: RedisServer
     for link in (crashed_link, live_link):
         await link.start()
     now = time.time()
-    got, _ = await crashed.take(crashed.pool.candidates(None, now), True, now, crashed.pool.choose)
+    got, _ = await crashed.take(
+        crashed.pool.candidates(None, now), True, now, crashed.pool.choose, "*"
+    )
     assert got is not None
     await crashed_link.close()  # gone without releasing, as a killed process would be
 
-    got, _ = await live.take(live.pool.candidates(None, now), True, now, live.pool.choose)
+    got, _ = await live.take(live.pool.candidates(None, now), True, now, live.pool.choose, "*")
     assert got is None and live.pool.states["only"].others_in_flight == 1
     await asyncio.sleep(0.6)
     now = time.time()
     live.pool.states["only"].others_in_flight = 0
-    got, _ = await live.take(live.pool.candidates(None, now), True, now, live.pool.choose)
+    got, _ = await live.take(live.pool.candidates(None, now), True, now, live.pool.choose, "*")
     assert got is not None
     await live_link.close()
 
