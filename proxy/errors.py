@@ -43,6 +43,10 @@ class MissingModel(ClientRequestError):
     code = "missing_model"
 
 
+class InvalidPath(ClientRequestError):
+    code = "invalid_path"
+
+
 class BadEncoding(ClientRequestError):
     code = "invalid_content_encoding"
 

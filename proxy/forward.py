@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from .convert import completion_to_sse
 from .errors import InvalidJSON, MissingModel, UpstreamError
-from .logs import get_logger, redactor
+from .logs import get_logger, mask, redactor
 from .outcome import Outcome
 from .relay import (
     SSE_HEADERS,
@@ -269,6 +269,7 @@ async def _answer(
     before anything reached the client."""
     config = router.config
     resp = answer.response
+    secrets = answer.secrets
     timeouts = config.timeouts_for(answer.account)
     limit = config.server.max_event_bytes * 8
     allowed = header_filter(config.server.forward_response_headers)
@@ -301,9 +302,9 @@ async def _answer(
                 # Nothing of it reached the client: another account may still answer.
                 outcome.error = _error_message(error)
                 status = error_status(error)
-                return _json(outcome, headers, status, error), usage, (status, error)
+                return _json(outcome, headers, status, error, secrets), usage, (status, error)
             _note_repair(outcome, tracer, "stream_aggregated")
-            return _json(outcome, headers, resp.status, _dumps(agg.result())), usage, None
+            return _json(outcome, headers, resp.status, _dumps(agg.result()), secrets), usage, None
         outcome.stream = True
         shaper = OpenAIShaper(
             keep_event_names=not completions,
@@ -323,6 +324,7 @@ async def _answer(
             log=tracer,
             on_start=started,
             first=first,
+            secrets=answer.secrets,
         )
         # The stream keeps its headers only until they are sent; this frame, which
         # lives as long as the stream, lets go of them now.
@@ -350,12 +352,12 @@ async def _answer(
         message = f"upstream answered {resp.status} with no completion in its body: {preview!r}"
         outcome.error = message
         error = error_json(message, code="upstream_bad_response")
-        return _json(outcome, headers, 502, error), usage, (502, error)
+        return _json(outcome, headers, 502, error, secrets), usage, (502, error)
     if completions and wants.stream and resp.status < 400:
         assert obj is not None
-        chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer)
+        chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer, secrets)
         return chunks, usage, None
-    return _json(outcome, headers, resp.status, data), usage, None
+    return _json(outcome, headers, resp.status, data, secrets), usage, None
 
 
 def _no_completion(obj: dict[str, Any] | None, stream: bool) -> bool:
@@ -385,15 +387,16 @@ def _json_to_stream(
     obj: dict[str, Any],
     wants: Wants,
     tracer: Any,
+    secrets: tuple[bytes, ...],
 ) -> Reply:
     """A streaming client answered with a JSON object: a completion becomes its chunk
     stream, an error object an HTTP error (nothing was streamed yet)."""
     if obj.get("error"):
         payload = normalize_error(data)
-        return _json(outcome, headers, error_status(payload), payload)
+        return _json(outcome, headers, error_status(payload), payload, secrets)
     _note_repair(outcome, tracer, "json_to_stream")
     outcome.stream = True
-    body = completion_to_sse(obj, include_usage=wants.client_usage)
+    body = mask(completion_to_sse(obj, include_usage=wants.client_usage), secrets)
     outcome.status = status
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(body)
@@ -401,7 +404,14 @@ def _json_to_stream(
     return Reply(status, body, headers)
 
 
-def _json(outcome: Outcome, headers: CIMultiDict[str], status: int, data: bytes) -> Reply:
+def _json(
+    outcome: Outcome,
+    headers: CIMultiDict[str],
+    status: int,
+    data: bytes,
+    secrets: tuple[bytes, ...] = (),
+) -> Reply:
+    data = mask(data, secrets)
     outcome.status = status
     outcome.first_byte = time.monotonic()
     outcome.bytes_out = len(data)

@@ -10,10 +10,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
 
 from .config import ServerConfig
 from .errors import (
     BodyTooLarge,
+    InvalidPath,
     MethodNotAllowed,
     NoAccount,
     NotFound,
@@ -35,6 +37,10 @@ _KNOWN_ROUTES = frozenset(
 
 _QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 _DOT_SEGMENTS = frozenset({".", ".."})
+# In an API path as the client sent it: a backslash or a ';' (path parameters), raw or
+# encoded, or a double encoding (``%252e`` is ``%2e`` once decoded, a dot to a server
+# that decodes twice). Servers and the proxies in front of them disagree on each.
+_BAD_RAW_PATH = re.compile(r"\\|%5c|;|%3b|%25[0-9a-f]{2}", re.IGNORECASE)
 CLIENT_CLOSED = 499
 
 
@@ -110,6 +116,23 @@ def _digest(key: str) -> str:
     return hmac.new(b"seamline-client", key.encode(), "sha256").hexdigest()
 
 
+def check_api_path(raw_path: str) -> None:
+    """400 for a /v1 path that could mean one thing here and another upstream; 404 for
+    dot segments, which the upstream URL would resolve out of the account's base_url."""
+    if _BAD_RAW_PATH.search(raw_path):
+        raise InvalidPath("request path holds a backslash, ';' or a double encoding")
+    # The server keeps raw bytes outside ASCII as surrogates: they go back to bytes here.
+    decoded = unquote_to_bytes(raw_path.encode("utf-8", "surrogateescape"))
+    try:
+        text = decoded.decode("utf-8")  # strict: an overlong encoding is no UTF-8
+    except UnicodeDecodeError:
+        raise InvalidPath("request path is not valid UTF-8 once decoded") from None
+    if any(c < " " or c == "\x7f" for c in text):
+        raise InvalidPath("request path holds a control character")
+    if _DOT_SEGMENTS.intersection(text.split("/")):
+        raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
+
+
 def error_response(err: SeamlineError, request_id: str | None = None) -> Reply:
     headers = {"X-Request-ID": request_id} if request_id else {}
     if err.retry_after is not None:
@@ -138,9 +161,7 @@ async def dispatch(
     admitted = False
     try:
         if api:
-            if _DOT_SEGMENTS.intersection(path.split("/")):
-                # The upstream URL would resolve them, out of the account's base_url.
-                raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
+            check_api_path(request.raw_path)
             gate.admit(request)
             admitted = True
             gate.enter()

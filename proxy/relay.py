@@ -27,6 +27,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from .logs import mask
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .request import Reply, Request, Streamed
@@ -73,8 +74,10 @@ class ClientStream:
         log: Any,
         *,
         on_start: Callable[[], None] | None = None,
+        secrets: tuple[bytes, ...] = (),
     ) -> None:
         self.request = request
+        self.secrets = secrets
         self.chunked = request.chunked_ok
         self._on_start = on_start
         self.status = status
@@ -97,6 +100,8 @@ class ClientStream:
         """Send ``data`` (``last``: and the end of the body with it, in the same write)."""
         if self.request.ended:
             return  # a heartbeat due after the end
+        if self.secrets:
+            data = mask(data, self.secrets)  # whole events only: no secret is split
         outcome = self.outcome
         outcome.bytes_out += len(data)
         if self.log is not None:
@@ -132,6 +137,8 @@ class ClientStream:
         the headers are out: it cannot wait, so a full client buffer pauses reading
         ``upstream`` until the client has taken it. ``last``: the end of the body goes
         in the same write (one system call, and one wake-up of the client, fewer)."""
+        if self.secrets:
+            data = mask(data, self.secrets)
         self.outcome.bytes_out += len(data)
         if self.log is not None:
             self.log.debug("client_write", size=len(data), preview=_preview(data))
@@ -197,17 +204,26 @@ async def relay_stream(
     log: Any = None,
     on_start: Callable[[], None] | None = None,
     first: bytes = b"",
+    secrets: tuple[bytes, ...] = (),
 ) -> Reply:
     """Relay an upstream event stream to the client, repairing it on the way.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
     per-read logging work at all. ``on_start`` is called once, when the first byte
     goes to the client: from then on the request cannot go to another account.
-    ``first``: the body's first read, when the caller already made it.
+    ``first``: the body's first read, when the caller already made it. ``secrets``:
+    what the upstream was sent that must not reach the client.
     """
     headers.update(SSE_HEADERS)
     client = ClientStream(
-        request, upstream.status, headers, outcome, heartbeat, log, on_start=on_start
+        request,
+        upstream.status,
+        headers,
+        outcome,
+        heartbeat,
+        log,
+        on_start=on_start,
+        secrets=secrets,
     )
     del headers  # the client stream lets go of them once they are sent
     reframer = Reframer(max_event_bytes)
@@ -277,7 +293,7 @@ async def relay_stream(
         ):
             # Nothing reached the client yet: an error can still be an HTTP status.
             await client.close()
-            return _status_error(shaper, failure, outcome, client.headers)
+            return _status_error(shaper, failure, outcome, client.headers, secrets)
         if out:
             await client.write(out)
         await client.close()
@@ -327,6 +343,7 @@ def _status_error(
     failure: SeamlineError | None,
     outcome: Outcome,
     headers: CIMultiDict[str],
+    secrets: tuple[bytes, ...],
 ) -> EarlyError:
     payload = shaper.error_payload
     status = 502
@@ -335,6 +352,7 @@ def _status_error(
     elif payload is not None:
         status = error_status(payload)
     assert payload is not None
+    payload = mask(payload, secrets)
     outcome.status = status
     outcome.error = outcome.error or "upstream stream carried an error"
     outcome.events = 0

@@ -135,6 +135,8 @@ class UpstreamAnswer:
     response: Response
     scope: str = ACCOUNT
     fingerprint: int = 0
+    # What the upstream was sent that it could echo back: never for the client to see.
+    secrets: tuple[bytes, ...] = ()
 
 
 @dataclass
@@ -312,7 +314,8 @@ class Router:
             if resp.status < 400:
                 # Whether the answer works is known once it ended (``finish``).
                 pool.answered(st)
-                return UpstreamAnswer(acc, st, resp, scope, fingerprint)
+                sent = tuple(k.encode() for k in {acc.api_key, token} if k and len(k) >= 4)
+                return UpstreamAnswer(acc, st, resp, scope, fingerprint, sent)
             err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
             verdict = classify(resp.status, err_body)
             now = time.time()

@@ -342,6 +342,51 @@ async def test_client_errors_go_back_unchanged_and_the_second_account_is_never_c
     assert rows["A"]["errors"] == 0
 
 
+PYDANTIC_422 = json.dumps(
+    {
+        "detail": [
+            {
+                "type": "extra_forbidden",
+                "loc": ["body", "stream_options"],
+                "msg": "Extra inputs are not permitted",
+                "input": {"include_usage": True},
+            }
+        ]
+    }
+).encode()
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_an_upstream_refusing_stream_options_is_asked_again_without_and_remembered(
+    make_upstream: MakeUpstream, seamline: StartSeamline, status: int
+) -> None:
+    a = await make_upstream()
+    fail(a, status, PYDANTIC_422)
+    a.script(*events("fine"))
+    base = await seamline(conf(account("A", a.url)))
+    assert await ask(base, True) == "fine"
+    sent = [json.loads(r["body"]) for r in a.requests]
+    assert [("stream_options" in s) for s in sent] == [True, False]
+    assert sent[0]["messages"] == sent[1]["messages"]
+    # Remembered for the account: the next request goes without the option at once.
+    assert await ask(base, True) == "fine"
+    assert len(a.requests) == 3
+    assert "stream_options" not in json.loads(a.requests[2]["body"])
+    assert (await accounts(base))["A"]["errors"] == 0
+
+
+async def test_a_refused_option_the_client_asked_for_itself_is_the_clients_error(
+    make_upstream: MakeUpstream, seamline: StartSeamline
+) -> None:
+    a = await make_upstream()
+    fail(a, 422, PYDANTIC_422)
+    base = await seamline(conf(account("A", a.url)))
+    body = request_body(True, stream_options={"include_usage": True})
+    reply = await post(base, body)
+    assert reply.status == 422
+    assert len(a.requests) == 1  # taking the client's own option away would change the answer
+
+
 # A 200 stream that fails before any event reached the client: nothing was sent, so it is
 # the account's failure like an error status, and the next account answers.
 EARLY_FAILURES = {
@@ -350,7 +395,17 @@ EARLY_FAILURES = {
     "event_error_block": ([b'event: error\ndata: {"message":"provider down"}\n\n'], "end"),
     "bare_error_line": ([b'{"error":{"message":"upstream overloaded","code":503}}\n'], "end"),
     "reset_before_any_event": ([], "reset"),
-}
+    # Named by words, not a number: OpenAI's and Anthropic's rate-limit vocabulary.
+    "error_event_rate_limit_words": (
+        [b'data: {"error":{"type":"requests","code":"rate_limit_exceeded","message":"slow"}}\n\n'],
+        "end",
+    ),
+    "event_error_overloaded": (
+        [b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+         b'"message":"Overloaded"}}\n\n'],
+        "end",
+    ),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
@@ -367,10 +422,39 @@ async def test_a_stream_failing_before_its_first_event_fails_over(
     assert counts(a, b) == [1, 1]
     assert a.requests[0]["body"] == b.requests[0]["body"]
     row = (await accounts(base))["A"]
-    if failure == "error_event_429":
+    if failure in ("error_event_429", "error_event_rate_limit_words"):
         assert row["state"] == "rate_limited"
     else:
         assert row["errors"] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "exc"),
+    [
+        (b'{"type":"invalid_request_error","message":"too long"}', 400, openai.BadRequestError),
+        (b'{"type":"authentication_error","message":"who"}', 401, openai.AuthenticationError),
+        (b'{"code":"InvalidParameter","message":"bad"}', 400, openai.BadRequestError),
+    ],
+)
+async def test_a_client_fault_in_the_first_event_is_the_clients_error_not_a_502(
+    make_upstream: MakeUpstream,
+    seamline: StartSeamline,
+    error: bytes,
+    status: int,
+    exc: type[openai.APIStatusError],
+) -> None:
+    a, b = await make_upstream(), await make_upstream()
+    a.script(b'data: {"error":' + error + b"}\n\n")
+    ok(b, "from B", True)
+    base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
+    if status == 401:  # the account's key was refused: another account answers
+        assert await ask(base, True) == "from B"
+        return
+    with pytest.raises(exc) as info:
+        await ask(base, True)  # openai-python raises it as what it is, and retries nothing
+    assert info.value.status_code == status
+    assert counts(a, b) == [1, 0]
+    assert (await accounts(base))["A"]["errors"] == 0
 
 
 async def test_an_account_that_failed_before_is_not_asked_again_after_an_early_failure(

@@ -25,6 +25,7 @@ from proxy.repair import (
     bare_error,
     data_block,
     error_event,
+    error_status,
     normalize_error,
 )
 from proxy.sse import BOM, Comment, Event, Item, Reframer, Stray
@@ -277,7 +278,7 @@ def test_openai_error_passes_byte_for_byte() -> None:
 def test_error_code_of_a_plain_object_is_kept() -> None:
     _, out = render(b'event: error\ndata: {"message": "x", "code": 529}\n\n')
     assert sdk_events(out)[0].json() == {
-        "error": {"message": "x", "type": "upstream_error", "code": 529}
+        "error": {"message": "x", "type": "upstream_error", "param": None, "code": 529}
     }
 
 
@@ -321,7 +322,12 @@ def test_normalize_error_leaves_an_openai_error_untouched() -> None:
 def test_error_event_helper_is_an_sdk_error() -> None:
     body = error_event("upstream timed out", code="timeout")
     assert sdk_events(body)[0].json() == {
-        "error": {"message": "upstream timed out", "type": "upstream_error", "code": "timeout"}
+        "error": {
+            "message": "upstream timed out",
+            "type": "upstream_error",
+            "param": None,
+            "code": "timeout",
+        }
     }
     with pytest.raises(openai.APIError, match="upstream timed out"):
         sdk_read(body)
@@ -754,3 +760,75 @@ def test_fast_path_template_takes_the_next_event_of_the_same_shape() -> None:
     # A quote in the new text changes the shape: the full check decides, and refuses.
     assert not shaper.passthrough(first.replace(b"Hel", b'x"}]}\n\ndata: {"error":1'))
     assert shaper.events == 2
+
+
+# --- upstream errors in the upstream's own words ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "message", "code"),
+    [
+        (b'{"error": "TypeError", "message": "Cannot read properties of null"}',
+         "TypeError: Cannot read properties of null", None),
+        (b'{"error": "Not Found"}', "Not Found", None),
+        (b'{"message": "bad input", "code": "InvalidParameter", "request_id": "r1"}',
+         "bad input", "InvalidParameter"),
+        (b'{"detail": "Method Not Allowed"}', "Method Not Allowed", None),
+        (b'{"error": {"code": 500, "status": "INTERNAL"}}', "INTERNAL", 500),
+        (b'data: {"error": {"message": "from an event", "code": "x"}}\n\n',
+         "from an event", "x"),
+        (b'event: error\ndata: {"message": "named event"}\n\n', "named event", None),
+        (b"<html>Bad Gateway</html>", "<html>Bad Gateway</html>", None),
+        (b"", "upstream sent an empty error event", None),
+    ],
+)  # fmt: skip
+def test_a_wrapped_upstream_error_keeps_the_upstreams_words(
+    payload: bytes, message: str, code: str | int | None
+) -> None:
+    err = json.loads(normalize_error(payload))["error"]
+    assert err["message"] == message
+    assert err["code"] == code
+    assert err.get("param") is None
+
+
+def test_a_huge_error_text_is_cut_but_begins_with_its_words() -> None:
+    err = json.loads(normalize_error(b"Traceback: " + b"x" * 100_000))["error"]
+    assert err["message"].startswith("Traceback: xxx")
+    assert len(err["message"]) < 20_000
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ({"code": 429}, 429),
+        ({"code": "503"}, 503),
+        ({"code": "rate_limit_exceeded", "type": "requests"}, 429),
+        ({"type": "rate_limit_error"}, 429),
+        ({"code": "insufficient_quota"}, 429),
+        ({"type": "invalid_request_error"}, 400),
+        ({"code": "context_length_exceeded"}, 400),
+        ({"type": "authentication_error"}, 401),
+        ({"code": "invalid_api_key"}, 401),
+        ({"type": "permission_error"}, 403),
+        ({"type": "not_found_error"}, 404),
+        ({"code": "model_not_found"}, 404),
+        ({"type": "overloaded_error"}, 529),
+        ({"type": "api_error"}, 500),
+        ({"status": "RESOURCE_EXHAUSTED", "code": 8}, 429),
+        ({"code": "Throttling.RateQuota"}, 429),
+        ({"code": "InvalidApiKey"}, 401),
+        ({"code": "DataInspectionFailed"}, 400),
+        ({"code": "Arrearage"}, 403),
+        ({"code": "InternalError.Algo"}, 500),
+        ({"message": "no words"}, 502),
+        ({"code": True}, 502),
+        ({"code": 200}, 502),
+    ],
+)
+def test_an_error_is_mapped_to_a_status_by_what_it_says(error: dict[str, Any], status: int) -> None:
+    assert error_status(json.dumps({"error": error}).encode()) == status
+
+
+def test_dashscope_native_errors_are_mapped_by_their_top_level_code() -> None:
+    body = b'{"code": "Throttling", "message": "Requests rate limit exceeded", "request_id": "x"}'
+    assert error_status(body) == 429

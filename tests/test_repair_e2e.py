@@ -257,6 +257,75 @@ async def test_usage_chunk_seamline_asked_for_is_not_forwarded(
 
 NO_FINISH = b'"choices":[{"index":0,"delta":{}}]'
 
+USAGE_OBJ = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+# Usage chunks as LiteLLM and others shape them: beside the usage, choices that carry
+# nothing (an empty delta, a null finish_reason, a role alone).
+ODD_USAGE_CHUNKS = {
+    "litellm_chat": {"choices": [{"index": 0, "delta": {}}]},
+    "null_finish": {"choices": [{"index": 0, "delta": {"content": None}, "finish_reason": None}]},
+    "role_only": {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+    "no_choices_key": {},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ODD_USAGE_CHUNKS))
+async def test_a_usage_chunk_of_any_shape_seamline_asked_for_is_not_forwarded(
+    upstream: Upstream, proxied: str, shape: str
+) -> None:
+    odd = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        **ODD_USAGE_CHUNKS[shape],
+        "usage": USAGE_OBJ,
+    }
+    upstream.script(ev(chunk("a")), ev(FIN), ev(compact(odd)), DONE)
+    chunks = await collect(proxied)
+    # Exactly the stream the client would have had without the option.
+    assert text_of(chunks) == "a"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in chunks)
+    _, _, body = await raw_post(proxied)
+    assert body == ev(chunk("a")) + ev(FIN) + DONE
+
+
+async def test_a_usage_chunk_the_client_asked_for_is_kept_whatever_its_shape(
+    upstream: Upstream, proxied: str
+) -> None:
+    odd = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    odd |= {"choices": [{"index": 0, "delta": {}}], "usage": USAGE_OBJ}
+    upstream.script(ev(chunk("a")), ev(FIN), ev(compact(odd)), DONE)
+    chunks = await collect(proxied, stream_options={"include_usage": True})
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 8
+
+
+async def test_a_finish_chunk_that_carries_the_usage_is_never_dropped(
+    upstream: Upstream, proxied: str
+) -> None:
+    last = chunk(finish="stop", usage=USAGE_OBJ)
+    upstream.script(ev(chunk("a")), ev(last), DONE)
+    chunks = await collect(proxied)
+    assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"]
+
+
+async def test_a_completions_usage_chunk_seamline_asked_for_is_not_forwarded(
+    upstream: Upstream, proxied: str
+) -> None:
+    def text_chunk(text: str, finish: str | None = None) -> bytes:
+        obj = {"id": "c", "object": "text_completion", "created": 1, "model": "m"}
+        obj["choices"] = [{"index": 0, "text": text, "finish_reason": finish}]
+        return compact(obj)
+
+    usage = {"id": "c", "object": "text_completion", "created": 1, "model": "m"}
+    usage |= {"choices": [{"index": 0}], "usage": USAGE_OBJ}
+    upstream.script(ev(text_chunk("a")), ev(text_chunk("", "stop")), ev(compact(usage)), DONE)
+    async with client(proxied) as c:
+        stream = await c.completions.create(model="m", prompt="hi", stream=True)
+        got = [ch async for ch in stream]
+    assert [ch.choices[0].finish_reason for ch in got] == [None, "stop"]
+    assert all(ch.usage is None for ch in got)
+
 
 @pytest.mark.parametrize("ending", ["end", "reset"])
 @pytest.mark.parametrize(
@@ -479,8 +548,20 @@ async def test_a_json_completion_labelled_as_text_reaches_a_json_client_as_json(
 @pytest.mark.parametrize(
     ("error", "status", "exc_type"),
     [
-        ({"message": "boom", "type": "server_error"}, 502, openai.InternalServerError),
+        ({"message": "boom", "type": "server_error"}, 500, openai.InternalServerError),
+        ({"message": "boom"}, 502, openai.InternalServerError),
         ({"message": "slow down", "code": 429}, 429, openai.RateLimitError),
+        # An error named by words, in OpenAI's, Anthropic's and DashScope's vocabularies.
+        (
+            {"message": "slow", "type": "requests", "code": "rate_limit_exceeded"},
+            429,
+            openai.RateLimitError,
+        ),
+        ({"message": "too long", "type": "invalid_request_error"}, 400, openai.BadRequestError),
+        ({"message": "who", "type": "authentication_error"}, 401, openai.AuthenticationError),
+        ({"message": "bad", "code": "InvalidParameter"}, 400, openai.BadRequestError),
+        ({"message": "slow", "code": "Throttling.RateQuota"}, 429, openai.RateLimitError),
+        ({"message": "busy", "type": "overloaded_error"}, 529, openai.InternalServerError),
     ],
 )
 async def test_streaming_client_answered_with_a_json_error_gets_the_error(
