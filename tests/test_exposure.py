@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_failover import completion
 from test_ops import raw_request, root
 
 from conftest import Reply, StartSeamline, Upstream, config_text, sse_stream
@@ -48,24 +49,6 @@ async def answer(base: str, stream: bool = False) -> Reply:
         body,
         b"Content-Type: application/json",
     )
-
-
-def completion(text: str) -> bytes:
-    return json.dumps(
-        {
-            "id": "c1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    ).encode()
 
 
 def forwarded(reply: Reply) -> set[str]:
