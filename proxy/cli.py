@@ -1,4 +1,4 @@
-"""Command line: ``seamline serve | check-config``."""
+"""Command line: seamline serve | check-config | accounts."""
 
 from __future__ import annotations
 
@@ -31,7 +31,15 @@ def _port(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seamline", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="seamline",
+        description="An OpenAI-compatible reverse proxy that repairs upstream event streams "
+        "and rotates requests across upstream accounts.",
+        epilog="commands: 'seamline serve' runs the proxy; 'seamline check-config PATH' "
+        "validates a config file; 'seamline accounts status' prints each account's "
+        "persisted state; 'seamline accounts login NAME' logs a qwen-oauth account in. "
+        "'seamline COMMAND --help' tells more of each.",
+    )
     p.add_argument("--version", action="version", version=f"seamline {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
@@ -40,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
-    accounts = sub.add_parser("accounts", help="inspect accounts or log one in")
+    accounts = sub.add_parser(
+        "accounts", help="inspect accounts (status) or log one in (login)"
+    )
     asub = accounts.add_subparsers(dest="action", required=True)
     status = asub.add_parser("status", help="print each account's persisted state")
     status.add_argument("--config", default="config.toml", help="TOML config file")

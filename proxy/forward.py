@@ -181,6 +181,7 @@ async def forward(
     plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
     wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
     retry = Retry(model, [], plan.bodies)
+    tracer = log.bind(request_id=outcome.request_id) if trace else None
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
     # (``retry`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
@@ -199,12 +200,13 @@ async def forward(
             model,
             outcome,
             tried=retry.tried,
+            tracer=tracer,
         )
         if isinstance(answer, FailedAnswer):
             return _failed(answer, outcome)
         streams.add(answer.response)
         try:
-            result = await _relay(request, router, answer, outcome, tail, wants, trace, retry)
+            result = await _relay(request, router, answer, outcome, tail, wants, tracer, retry)
         finally:
             streams.discard(answer.response)
         if result is not None:
@@ -230,7 +232,7 @@ async def _relay(
     outcome: Outcome,
     tail: str,
     wants: Wants,
-    trace: bool,
+    tracer: Any,
     retry: Retry,
 ) -> Reply | None:
     """The client's answer from this upstream response; None when it failed before
@@ -240,7 +242,7 @@ async def _relay(
     completed = False
     try:
         result, usage, early = await _answer(
-            request, router, answer, outcome, tail, wants, trace, retry.started
+            request, router, answer, outcome, tail, wants, tracer, retry.started
         )
         completed = True
     finally:
@@ -262,7 +264,7 @@ async def _answer(
     outcome: Outcome,
     tail: str,
     wants: Wants,
-    trace: bool,
+    tracer: Any,
     started: Callable[[], None],
 ) -> tuple[Reply, tuple[int, int] | None, tuple[int, bytes] | None]:
     """The response, the usage it carried, and (status, error) when the upstream failed
@@ -276,7 +278,6 @@ async def _answer(
     headers = response_headers(resp.headers, resp.status, allowed)
     headers["X-Request-ID"] = outcome.request_id
     completions = tail in COMPLETION_ROUTES
-    tracer = log.bind(request_id=outcome.request_id) if trace else None
     sse = resp.content_type == "text/event-stream"
     first = b""
     if completions and not sse and resp.status < 400:

@@ -126,6 +126,23 @@ def debug_streaming_enabled() -> bool:
     return os.environ.get("DEBUG_STREAMING", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+DEFAULT_TRACE_BYTES = 16 * 1024
+
+
+def trace_bytes() -> int:
+    """How much of each read and write a DEBUG_STREAMING trace shows
+    (``DEBUG_STREAMING_BYTES``; a read longer than that is shown cut, with its size)."""
+    value = os.environ.get("DEBUG_STREAMING_BYTES", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_TRACE_BYTES
+
+
+def shown(data: bytes, limit: int) -> str:
+    """Bytes as a trace shows them: UTF-8 text where they are text, escapes elsewhere,
+    cut at ``limit`` bytes. Secrets are removed by the redactor like any field."""
+    text = data[:limit].decode("utf-8", "backslashreplace")
+    return text if len(data) <= limit else f"{text}... ({len(data) - limit} more bytes)"
+
+
 def configure(
     level: str = "INFO", json_lines: bool | None = None, stream: TextIO | None = None
 ) -> None:

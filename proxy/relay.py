@@ -27,7 +27,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .logs import mask
+from .logs import mask, shown, trace_bytes
 from .outcome import Outcome
 from .repair import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
 from .request import Reply, Request, Streamed
@@ -40,14 +40,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-_PREVIEW = 160
-
-
-def _preview(data: bytes) -> str:
-    text = repr(data[:_PREVIEW])[2:-1]
-    return text + "..." if len(data) > _PREVIEW else text
-
-
 KEEPALIVE = b": keep-alive\n\n"
 _SENT: CIMultiDict[str] = CIMultiDict()  # a stream's headers, once they went out
 # Past this many bytes queued towards the client, wait for its socket to drain
@@ -105,7 +97,7 @@ class ClientStream:
         outcome = self.outcome
         outcome.bytes_out += len(data)
         if self.log is not None:
-            self.log.debug("client_write", size=len(data), preview=_preview(data))
+            self.log.debug("client_write", size=len(data), data=shown(data, trace_bytes()))
         transport = self._transport
         if transport is not None:
             # After the headers: one chunk, one transport write (``write_now`` is the
@@ -141,7 +133,7 @@ class ClientStream:
             data = mask(data, self.secrets)
         self.outcome.bytes_out += len(data)
         if self.log is not None:
-            self.log.debug("client_write", size=len(data), preview=_preview(data))
+            self.log.debug("client_write", size=len(data), data=shown(data, trace_bytes()))
         transport = self._transport
         assert transport is not None
         if transport.is_closing():
@@ -234,7 +226,7 @@ async def relay_stream(
     def convert(chunk: bytes) -> bytes:
         client.last_read = watch.last = loop.time()
         if log is not None:
-            log.debug("upstream_read", size=len(chunk), preview=_preview(chunk))
+            log.debug("upstream_read", size=len(chunk), data=shown(chunk, trace_bytes()))
         if reframer.idle and len(chunk) <= max_event_bytes and shaper.passthrough(chunk):
             return chunk
         return shaper.render(reframer.feed(chunk))

@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -29,7 +29,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .health import FAILOVER, Verdict, classify, parse_retry_after
-from .logs import get_logger, redactor
+from .logs import get_logger, redactor, shown, trace_bytes
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
 from .outcome import Outcome
 from .relay import read_body
@@ -189,12 +189,13 @@ class Router:
         model: str | None,
         outcome: Outcome,
         tried: list[str] | None = None,
+        tracer: Any = None,
     ) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
         ``tried``: the accounts this request already went to, extended in place with
         each one tried here; they count against ``routing.max_attempts``, and a later
-        call does not try them again.
+        call does not try them again. ``tracer``: a logger when DEBUG_STREAMING is on.
         """
         self._pick_up_new_logins()
         pool = self.pool
@@ -214,7 +215,17 @@ class Router:
             pool.acquire(st, now, scope)
             try:
                 answer = await self._attempt(
-                    session, client, acc, st, method, tail, query, client_headers, bodies, outcome
+                    session,
+                    client,
+                    acc,
+                    st,
+                    method,
+                    tail,
+                    query,
+                    client_headers,
+                    bodies,
+                    outcome,
+                    tracer,
                 )
             except UpstreamError as exc:
                 pool.release(st)
@@ -284,6 +295,7 @@ class Router:
         client_headers: Mapping[str, str],
         bodies: Bodies,
         outcome: Outcome,
+        tracer: Any,
     ) -> UpstreamAnswer | FailedAnswer | FailedOver:
         """One account: a usable answer, a client error, or FailedOver (pool told)."""
         pool = self.pool
@@ -302,7 +314,16 @@ class Router:
                     base_url = acc.base_url or oauth.base_url
                 headers = up.request_headers(client_headers, acc, outcome.request_id, token)
                 url = up.target_url(base_url, tail, query)
+                if tracer is not None:
+                    _trace_request(tracer, acc.name, method, url, headers, body)
                 resp = await up.send(client, method, url, headers, body, timeouts)
+                if tracer is not None:
+                    tracer.debug(
+                        "upstream_response",
+                        account=acc.name,
+                        status=resp.status,
+                        headers=dict(resp.headers),
+                    )
             except OAuthRevoked as exc:
                 self._disable(st, exc.message, persist=True, outcome=outcome)
                 raise
@@ -459,6 +480,20 @@ class Router:
             pool.failed(answer.state, now, outcome.error, answer.scope, answer.fingerprint)
         elif completed:
             pool.succeeded(answer.state, answer.scope)
+
+
+def _trace_request(
+    tracer: Any, account: str, method: str, url: str, headers: Mapping[str, str], body: bytes
+) -> None:
+    # The redactor masks the credentials (by header name) and anything key-shaped.
+    tracer.debug(
+        "upstream_request",
+        account=account,
+        method=method,
+        url=url,
+        headers=dict(headers),
+        body=shown(body, trace_bytes()),
+    )
 
 
 def _fingerprint(secret: str) -> str:

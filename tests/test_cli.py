@@ -214,6 +214,15 @@ def test_python_m_proxy_behaves_like_seamline(tmp_path: Path, args: list[str]) -
     assert "Traceback" not in via_module.stderr
 
 
+def test_help_is_plain_text_naming_every_command(tmp_path: Path) -> None:
+    result = run([SEAMLINE, "--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines at the terminal width
+    assert "``" not in text and ":class:" not in text
+    for command in ("serve", "check-config", "accounts status", "accounts login"):
+        assert f"'seamline {command}" in text
+
+
 def test_version_names_the_program(tmp_path: Path) -> None:
     result = run([SEAMLINE, "--version"], cwd=tmp_path)
     assert result.returncode == 0
@@ -370,6 +379,22 @@ def test_serve_announces_itself_answers_and_stops_cleanly_on_sigterm(
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
     assert "server.api_keys is empty" in warnings[0]["detail"]
+
+
+@pytest.mark.parametrize("hard_limit", [1024, 4096])
+def test_a_first_start_with_the_example_config_warns_only_of_no_client_auth(
+    tmp_path: Path, start_server: Callable[[list[str]], Server], hard_limit: int
+) -> None:
+    # Common hard open-file limits: a default nobody set must not warn about them.
+    config = tmp_path / "config.toml"
+    config.write_text(EXAMPLE.read_text("utf-8").replace("port = 8080", "port = 0"))
+    limited = ["bash", "-c", f'ulimit -Sn 256 && ulimit -Hn {hard_limit} && exec "$@"', "bash"]
+    server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
+    server.wait_for_line("seamline listening on ")
+    assert server.stop() == 0
+    warned = [e["event"] for e in server.log_events() if e.get("level") in ("warning", "error")]
+    assert warned == ["no_client_auth"]
+    assert "Traceback" not in server.stderr
 
 
 def test_host_and_port_options_override_the_config(

@@ -103,6 +103,66 @@ async def test_debug_streaming_traces_reads_and_writes_without_secrets(
     )
 
 
+async def test_debug_streaming_answers_what_the_model_said_and_what_seamline_changed(
+    upstream: Upstream,
+    seamline: StartSeamline,
+    captured: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEBUG_STREAMING", "true")
+    logs.configure(json_lines=True, stream=captured)
+    base = await _start(upstream, seamline)
+    # Realistic chunk ids and fingerprints: a 160-byte preview would show no token.
+    long_id = {"id": "chatcmpl-" + "x" * 120, "system_fingerprint": "fp_" + "y" * 60}
+    words = ["The ", "answer ", "is ", "42."]
+    pieces = [b"data: " + chunk(w, **long_id) + b"\r\n\r\n" for w in words]  # CRLF: sent as LF
+    pieces.append(b"data: " + chunk(finish="stop", **long_id) + b"\n\n")  # no [DONE]: appended
+    upstream.script(*pieces, headers={"x-upstream-thing": "1"})
+    async with client(base, CLIENT_KEY) as c:
+        stream = await c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "what is it?"}], stream=True
+        )
+        assert text_of([ch async for ch in stream]) == "The answer is 42."
+    lines = _lines(captured)
+    sent = next(ln for ln in lines if ln["event"] == "upstream_request")
+    assert sent["method"] == "POST"
+    assert sent["url"].endswith("/v1/chat/completions")
+    assert sent["headers"]["Authorization"] == logs.REDACTED
+    assert "what is it?" in sent["body"]
+    got = next(ln for ln in lines if ln["event"] == "upstream_response")
+    assert got["status"] == 200
+    assert got["headers"]["x-upstream-thing"] == "1"
+    reads = "".join(ln["data"] for ln in lines if ln["event"] == "upstream_read")
+    for word in words:
+        assert f'"content":"{word}"' in reads  # each read whole, not a preview
+    writes = "".join(ln["data"] for ln in lines if ln["event"] == "client_write")
+    assert "\r" not in writes and "data: [DONE]" in writes
+    repairs = {ln["kind"] for ln in lines if ln["event"] == "repair"}
+    assert "done_appended" in repairs
+    assert ACCOUNT_KEY not in captured.getvalue()
+
+
+async def test_a_trace_cuts_reads_at_the_configured_size(
+    upstream: Upstream,
+    seamline: StartSeamline,
+    captured: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DEBUG_STREAMING", "1")
+    monkeypatch.setenv("DEBUG_STREAMING_BYTES", "64")
+    logs.configure(json_lines=True, stream=captured)
+    base = await _start(upstream, seamline)
+    upstream.script(*sse_stream("z" * 500))
+    async with client(base, CLIENT_KEY) as c:
+        stream = await c.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        assert text_of([ch async for ch in stream]) == "z" * 500
+    first = next(ln for ln in _lines(captured) if ln["event"] == "upstream_read")
+    assert first["size"] > 500
+    assert first["data"].endswith(f"... ({first['size'] - 64} more bytes)")
+
+
 async def test_upstream_error_echoing_the_key_does_not_reach_client(
     upstream: Upstream, seamline: StartSeamline, captured: io.StringIO
 ) -> None:
