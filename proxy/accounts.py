@@ -55,6 +55,7 @@ class Change(StrEnum):
     SUCCESS = "success"  # backoff and breaker were reset
     DISABLE = "disable"
     ENABLE = "enable"
+    RESET = "reset"  # an operator cleared cooldown, backoff, circuits and quota
 
 
 class PoolListener(Protocol):
@@ -139,6 +140,8 @@ class AccountState:
     rpm_full_until: float = 0.0
     # Until then the account gets no ``stream_options`` (it refused them once).
     plain_until: float = 0.0
+    # When an operator last reset the account: shared state older than that is stale.
+    reset_at: float = 0.0
     recent: deque[float] = field(default_factory=deque)
     day_start: float = 0.0
     day_requests: int = 0
@@ -164,6 +167,7 @@ class AccountState:
         return {scope: b.until for scope, b in self.breakers.items() if b.open}
 
     _PERSISTED = (
+        "reset_at",
         "cooldown_until",
         "cooldown_explicit",
         "backoff",
@@ -487,6 +491,16 @@ class Pool:
         self._failed(st, reason)
         self._tell(st, Change.DISABLE)
         return first
+
+    def reset(self, st: AccountState, now: float) -> None:
+        """An operator's word: cooldown, backoff, every circuit and quota exhaustion
+        cleared at ``now`` (the account's quota reset early, a provider is back)."""
+        st.cooldown_until = st.quota_until = st.backoff = 0.0
+        st.cooldown_explicit = False
+        st.breakers.clear()
+        st.reset_at = now
+        self.changed = True
+        self._tell(st, Change.RESET)
 
     def enable(self, st: AccountState) -> None:
         st.disabled = None

@@ -48,9 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="listen port (overrides server.port)")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path")
-    accounts = sub.add_parser(
-        "accounts", help="inspect accounts (status) or log one in (login)"
-    )
+    accounts = sub.add_parser("accounts", help="inspect accounts (status) or log one in (login)")
     asub = accounts.add_subparsers(dest="action", required=True)
     status = asub.add_parser("status", help="print each account's persisted state")
     status.add_argument("--config", default="config.toml", help="TOML config file")

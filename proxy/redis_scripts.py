@@ -131,11 +131,19 @@ end
 # ARGV: prefix, name, day start, requests, day requests, errors, prompt, completion,
 #       last error, times (1/0), cooldown until, cooldown explicit (1/0), quota until,
 #       backoff, disable op (set/clear/''), reason, persist (1/0), credential
-#       fingerprint, then per changed breaker scope: scope, until (0: closed).
+#       fingerprint, reset (1/0: an operator cleared its health), reset time,
+#       then per changed breaker scope: scope, until (0: closed).
 REPORT = (
     _DAY
     + """
 local prompt, completion = tonumber(ARGV[7]), tonumber(ARGV[8])
+if ARGV[19] == '1' then
+  redis.call('HSET', h, 'cooldown_until', '0', 'cooldown_explicit', '0', 'quota_until', '0',
+    'backoff', '0', 'reset_at', ARGV[20])
+  for _, field in ipairs(redis.call('HKEYS', h)) do
+    if string.sub(field, 1, 8) == 'breaker:' then redis.call('HDEL', h, field) end
+  end
+end
 if current == day then
   redis.call('HINCRBY', h, 'day_requests', ARGV[5])
   redis.call('HINCRBY', h, 'day_tokens', prompt + completion)
@@ -160,7 +168,7 @@ if ARGV[15] == 'set' then
 elseif ARGV[15] == 'clear' then
   redis.call('HDEL', h, 'disabled', 'disabled_persist', 'disabled_credential')
 end
-for i = 19, #ARGV, 2 do
+for i = 21, #ARGV, 2 do
   if ARGV[i + 1] == '0' then redis.call('HDEL', h, 'breaker:' .. ARGV[i])
   else redis.call('HSET', h, 'breaker:' .. ARGV[i], ARGV[i + 1]) end
 end
@@ -177,15 +185,19 @@ MERGE = (
     _DAY
     + """
 local text = {disabled = 1, disabled_persist = 1, disabled_credential = 1, last_error = 1}
-local explicit = '0'
+local health = {cooldown_until = 1, quota_until = 1, backoff = 1}
+local explicit, seen_reset = '0', 0
 for i = 4, #ARGV, 2 do
   if ARGV[i] == 'cooldown_explicit' then explicit = ARGV[i + 1] end
+  if ARGV[i] == 'reset_at' then seen_reset = tonumber(ARGV[i + 1]) end
 end
+-- A replica that has not seen the latest reset must not bring back what it cleared.
+local stale = seen_reset < tonumber(redis.call('HGET', h, 'reset_at') or '0')
 for i = 4, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', h, field)
-  if field == 'cooldown_explicit' then
-    -- set with cooldown_until, which it describes
+  if field == 'cooldown_explicit' or field == 'reset_at' or (stale and health[field]) then
+    -- cooldown_explicit is set with cooldown_until, which it describes
   elseif field == 'cooldown_until' then
     if tonumber(current or '0') < tonumber(value) then
       redis.call('HSET', h, field, value, 'cooldown_explicit', explicit)

@@ -15,7 +15,7 @@ from . import redis_scripts as rs
 from .redis_link import Client, RedisLink, Unreachable
 from .state import States
 
-FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start")
+FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start", "reset_at")
 INTS = ("day_requests", "day_tokens", "requests", "errors", "prompt_tokens", "completion_tokens")
 TEXTS = ("last_error", "disabled", "disabled_credential")
 BREAKER = "breaker:"

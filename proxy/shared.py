@@ -51,6 +51,7 @@ class Report:
     completion: int = 0
     times: bool = False
     breakers: set[str] = field(default_factory=set)  # scopes whose circuit changed here
+    reset: bool = False  # an operator reset the account here
     disable: str = ""  # "set" or "clear" when a disable or enable happened here
 
     def absorb(self, older: Report) -> None:
@@ -62,6 +63,7 @@ class Report:
         self.completion += older.completion
         self.times |= older.times
         self.breakers |= older.breakers
+        self.reset |= older.reset
         self.disable = self.disable or older.disable
 
 
@@ -110,6 +112,8 @@ class SharedPool:
             r.times = True
         elif change is Change.SUCCESS:
             r.times = True
+        elif change is Change.RESET:
+            r.times = r.reset = True
         else:
             r.disable = "set" if change is Change.DISABLE else "clear"
         # A breaker is reported only when it changed here, so a replica that never saw
@@ -322,6 +326,8 @@ class SharedPool:
             st.disabled or "",
             int(st.disabled_persist),
             st.disabled_credential or "",
+            int(r.reset),
+            repr(st.reset_at),
             *breakers,
         ]
 
@@ -366,6 +372,13 @@ class SharedPool:
         # next save merges back in. A pending report is newer than what was read.
         if shared is None or st.name in self.reports:
             return
+        reset_at = shared.get("reset_at", 0.0)
+        if reset_at > st.reset_at:
+            # An operator reset it on another replica: what this one knew is older.
+            st.cooldown_until = st.quota_until = st.backoff = 0.0
+            st.cooldown_explicit = False
+            st.breakers.clear()
+            st.reset_at = reset_at
         cooldown = shared.get("cooldown_until", 0.0)
         if cooldown > st.cooldown_until:
             st.cooldown_until, st.cooldown_explicit = cooldown, shared["cooldown_explicit"]

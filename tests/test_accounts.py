@@ -385,3 +385,16 @@ def test_a_request_is_refused_only_when_every_account_is_blocked_by_word_or_limi
             chosen = p.pick("m", now, scope=route) or p.fallback("m", now, scope=route)
             hard = [p.hard_block(s, now) for s in p.states.values()]
             assert (chosen is None) == all(h is not None for h in hard)
+
+
+def test_an_operators_reset_clears_cooldown_backoff_circuits_and_quota() -> None:
+    p = pool(Limits("a"))
+    a = p.states["a"]
+    p.quota_exhausted(a, T0, 3600)
+    p.rate_limited(a, T0, 60)
+    for n in range(3):
+        p.failed(a, T0, "500", "chat", n)
+    assert p.hard_block(a, T0) is not None
+    p.reset(a, T0 + 1)
+    assert p.block(a, T0 + 1) is None
+    assert a.breakers == {} and a.backoff == 0.0
