@@ -631,3 +631,12 @@ def test_a_stream_cut_anywhere_never_ends_in_message_stop(
     if events[0].name == "message_start":
         assert_well_formed(events)
         assert_raises_in_sdk(encode(events))
+
+
+def test_only_the_first_choice_is_the_message() -> None:
+    second = chunk({"content": "other answer"})
+    second["choices"][0]["index"] = 1
+    unnumbered = chunk({"content": "mine"})
+    unnumbered["choices"][0]["index"] = None
+    body = stream_bytes(second, unnumbered, chunk(finish="stop"))
+    assert [b.text for b in final_message(body).content if isinstance(b, TextBlock)] == ["mine"]

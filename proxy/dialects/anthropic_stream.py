@@ -6,15 +6,24 @@ it gives ``Event`` values, which ``anthropic_events.encode`` writes as SSE. It d
 I/O and keeps no clock.
 
 The order of what it gives: ``message_start`` with the first upstream chunk whatever
-it holds; the content blocks (``anthropic_blocks``); once the finish_reason and the
-usage chunk have both arrived (or the stream ended cleanly without usage) one
-``message_delta`` with the stop reason and cumulative usage; and ``message_stop`` only
-at a clean end after a finish_reason. Truncation is never completion: a cut, an end
+it holds (an error chunk first gives the error alone); the content blocks
+(``anthropic_blocks``); once the finish_reason and the usage chunk have both arrived
+(or the stream ended cleanly without usage) one ``message_delta`` with the stop
+reason and cumulative usage; and ``message_stop`` only at a clean end after a
+finish_reason. Truncation is never completion: a cut, an end
 before any finish_reason, an error chunk or a finish reason that means a failure ends
 the stream with an ``error`` event instead, and nothing follows it.
 
 Until ``has_content`` (or ``errored``) is true the gateway may hold what it was given
 and still fail over to another account: nothing the client could use was produced.
+
+Reasoning becomes ``thinking`` blocks whose signature is empty: none can be made up,
+and anthropic-python needs none (its accumulator takes the block from
+``content_block_start`` and only a ``signature_delta``, never sent here, would change
+it). Such blocks mean nothing to Anthropic itself: a conversation carried on with
+Claude must leave them out, since the API refuses a thinking block whose signature it
+did not make. Sent back to seamline they are dropped (or replayed as
+``reasoning_content`` to accounts that want it).
 """
 
 from __future__ import annotations
@@ -139,7 +148,10 @@ class ChatToAnthropic:
         assert blocks is not None
         for choice in chunk.get("choices") or ():
             # One answer per message: choices past the first (n > 1) have no place.
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0 or self.finished:
+            if not isinstance(choice, dict) or self.finished:
+                continue
+            index = choice.get("index")
+            if isinstance(index, int) and index != 0:
                 continue
             self._choice(choice, blocks, out)
             if self.errored:
