@@ -486,6 +486,8 @@ def test_an_error_before_any_chunk_is_only_the_error() -> None:
     events = t.feed({"error": {"message": "rate limited", "type": "rate_limit_exceeded"}})
     assert names(events) == ["error"]
     assert not t.started and not t.has_content and t.errored
+    # What the gateway answers with (or fails over on) before any byte went out.
+    assert t.error_status == 429
 
 
 def test_nothing_follows_done() -> None:

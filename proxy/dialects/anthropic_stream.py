@@ -82,6 +82,9 @@ class ChatToAnthropic:
         self.done = False  # message_stop given
         self.errored = False  # an error event given
         self.error: Event | None = None
+        # The status the error names: before any content, the gateway's HTTP answer (or
+        # its reason to try another account).
+        self.error_status: int | None = None
 
     @property
     def has_content(self) -> bool:
@@ -205,7 +208,9 @@ class ChatToAnthropic:
         self, reason: str, choice: dict[str, Any], blocks: Blocks, out: list[Event]
     ) -> None:
         if reason in BROKEN_REASONS:
-            self._fail_with(BROKEN_REASONS[reason], f"upstream broke off the answer: {reason}", out)
+            kind = BROKEN_REASONS[reason]
+            self.error_status = 529 if kind == "overloaded_error" else 502
+            self._fail_with(kind, f"upstream broke off the answer: {reason}", out)
             return
         self.finished = True
         blocks.close_all(out)
@@ -250,6 +255,7 @@ class ChatToAnthropic:
         if self.done or self.errored:
             return []
         out: list[Event] = []
+        self.error_status = status
         self._fail_with(error_kind(status), message, out)
         return out
 
