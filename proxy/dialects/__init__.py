@@ -1,0 +1,1 @@
+"""Translators between the OpenAI chat API and the other dialects seamline speaks."""
