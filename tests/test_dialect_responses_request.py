@@ -661,3 +661,13 @@ def test_replayed_reasoning_can_be_left_out_for_upstreams_that_refuse_it() -> No
     assert body["messages"][0]["reasoning_content"] == "t"
     assert without_reasoning(body)["messages"][0] == {"role": "assistant", "content": "a"}
     assert body["messages"][0]["reasoning_content"] == "t"  # the original is untouched
+
+
+def test_reasoning_after_the_last_message_of_a_turn_stays_with_that_turn() -> None:
+    items = [
+        said("a"),
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "after"}]},
+        msg("user", "next"),
+    ]
+    messages = chat(input=items)["messages"]
+    assert messages[0] == {"role": "assistant", "content": "a", "reasoning_content": "after"}

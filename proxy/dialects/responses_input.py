@@ -120,6 +120,7 @@ class _Conversation:
         self._started = False
         self._reasoning: list[str] = []
         self._assistant: JSON | None = None  # the message the next tool calls join
+        self._last_assistant: JSON | None = None
         self._outputs_ahead = outputs_ahead
         self._awaiting: set[str] = set()  # calls whose results come later in the input
         self._deferred: list[JSON] = []  # messages that came between calls and results
@@ -139,17 +140,28 @@ class _Conversation:
             # (see without_reasoning for the upstreams that refuse it).
             message["reasoning_content"] = "\n\n".join(self._reasoning)
             self._reasoning = []
+        self._last_assistant = message
         return message
 
-    def system_text(self, text: str) -> None:
+    def _end_turn(self) -> None:
+        """Reasoning after the turn's last message (the model thought on after it
+        spoke) belongs to that message: kept, not dropped."""
         self._assistant = None
+        last = self._last_assistant
+        if self._reasoning and last is not None:
+            before = [last["reasoning_content"]] if last.get("reasoning_content") else []
+            last["reasoning_content"] = "\n\n".join(before + self._reasoning)
+        self._reasoning = []
+
+    def system_text(self, text: str) -> None:
+        self._end_turn()
         if not self._started:
             self.system.append(text)
         else:
             self._add({"role": "system", "content": text})
 
     def user(self, content: str | list[JSON]) -> None:
-        self._assistant = None
+        self._end_turn()
         self._add({"role": "user", "content": content})
 
     def assistant_text(self, text: str) -> None:
@@ -175,7 +187,7 @@ class _Conversation:
             self._awaiting.add(call_id)
 
     def tool_result(self, call_id: str, content: str, images: list[JSON]) -> None:
-        self._assistant = None
+        self._end_turn()
         self._started = True
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
         self._awaiting.discard(call_id)
@@ -192,6 +204,7 @@ class _Conversation:
         self._deferred = []
 
     def result(self) -> list[JSON]:
+        self._end_turn()
         self._awaiting.clear()
         self._settle()
         head = [{"role": "system", "content": "\n\n".join(self.system)}] if self.system else []
