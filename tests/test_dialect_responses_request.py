@@ -138,21 +138,28 @@ def test_an_assistant_turn_is_one_message_with_its_text_calls_and_reasoning() ->
     ]
 
 
-def test_calls_after_reasoning_start_a_new_assistant_message() -> None:
+def test_the_items_of_one_answer_are_one_assistant_message_in_their_order() -> None:
+    # As seamline streams one chat answer: text, then calls, with reasoning between.
     items = [
         said("a"),
         {"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": "b"}]},
         fc("c1", "f"),
+        said("c"),
+        fc("c2", "g"),
         out("c1"),
+        out("c2"),
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "lost"}]},
+        msg("user", "next"),
     ]
     messages = chat(input=items)["messages"]
-    assert messages[0] == {"role": "assistant", "content": "a"}
-    assert messages[1] == {
+    assert messages[0] == {
         "role": "assistant",
-        "content": None,
+        "content": "ac",
         "reasoning_content": "b",
-        "tool_calls": [tool_call("c1", "f")],
+        "tool_calls": [tool_call("c1", "f"), tool_call("c2", "g")],
     }
+    # Reasoning of a turn that said nothing is dropped: nothing after depends on it.
+    assert [m["role"] for m in messages[1:]] == ["tool", "tool", "user"]
 
 
 def test_a_message_between_calls_and_their_results_waits_for_the_results() -> None:

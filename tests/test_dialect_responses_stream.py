@@ -8,9 +8,7 @@ and any split of its bytes.
 
 from __future__ import annotations
 
-import itertools
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import given, settings
@@ -20,6 +18,9 @@ from responses_support import (
     REQUEST,
     TOOLS,
     USAGE,
+    Answer,
+    answers,
+    call,
     chat_request,
     check_well_formed,
     chunk,
@@ -42,16 +43,6 @@ from proxy.dialects.responses_common import (
 )
 from proxy.dialects.responses_request import translate_request
 from proxy.sse import Reframer
-
-
-def call(index: int, args: str, id: str | None = None, name: str | None = None) -> dict[str, Any]:
-    fn: dict[str, Any] = {"arguments": args}
-    if name is not None:
-        fn["name"] = name
-    out: dict[str, Any] = {"index": index, "function": fn}
-    if id is not None:
-        out.update(id=id, type="function")
-    return out
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -615,88 +606,6 @@ def test_a_completion_without_finish_reason_still_completed() -> None:
 
 # --- properties ----------------------------------------------------------------------------
 
-CALL_NAMES = ("f", "g", "apply_patch", "ns__do")
-
-
-@dataclass
-class Answer:
-    """A model's answer and the chat chunks an upstream streamed it in."""
-
-    chunks: list[dict[str, Any]]
-    text: str
-    reasoning: str
-    calls: list[tuple[str, str, str, str]]  # item type, call id, name, args or input
-    finish: str
-    usage: bool
-
-    @property
-    def terminal(self) -> str:
-        return (
-            "response.incomplete"
-            if self.finish in ("length", "content_filter")
-            else "response.completed"
-        )
-
-
-def _split(draw: st.DrawFn, text: str) -> list[str]:
-    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=4)))
-    bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a] or ([text] if text else [])
-
-
-@st.composite
-def answers(draw: st.DrawFn) -> Answer:
-    text = draw(st.text(max_size=30))
-    reasoning = draw(st.text(max_size=20))
-    calls: list[tuple[str, str, str, str]] = []
-    streams: list[list[tuple[str, Any]]] = [
-        [("content", p) for p in _split(draw, text)],
-        [("reasoning_content", p) for p in _split(draw, reasoning)],
-    ]
-    for i in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(CALL_NAMES))
-        if name == "apply_patch":
-            payload = draw(st.text(max_size=25))
-            args = json.dumps({"input": payload}, ensure_ascii=draw(st.booleans()))
-            calls.append(("custom_tool_call", f"call_{i}", name, payload))
-        else:
-            value = draw(
-                st.dictionaries(
-                    st.text(max_size=4), st.integers() | st.text(max_size=6), max_size=3
-                )
-            )
-            args = json.dumps(value, ensure_ascii=draw(st.booleans()))
-            shown = "do" if name == "ns__do" else name
-            calls.append(("function_call", f"call_{i}", shown, args))
-        parts = _split(draw, args) or [""]
-        stream = [("tool", call(i, parts[0], f"call_{i}", name))]
-        stream += [("tool", call(i, p)) for p in parts[1:]]
-        streams.append(stream)
-    # Interleave the streams, each in its own order.
-    order: list[tuple[str, Any]] = []
-    while any(streams):
-        live = [s for s in streams if s]
-        order.append(draw(st.sampled_from(live)).pop(0))
-    chunks: list[dict[str, Any]] = [chunk({"role": "assistant", "content": ""})]
-    for kind, value in order:
-        merge = chunks[-1]["choices"][0]["delta"] if draw(st.booleans()) else None
-        delta = merge if merge is not None and kind not in merge else {}
-        if kind == "tool":
-            delta.setdefault("tool_calls", []).append(value)
-        else:
-            delta[kind] = value
-        if delta is not merge:
-            chunks.append(chunk(delta))
-    finish = "tool_calls" if calls else draw(st.sampled_from(["stop", "length", "content_filter"]))
-    usage = draw(st.sampled_from(["chunk", "on_finish", "none"]))
-    chunks.append(chunk({}, finish, **({"usage": USAGE} if usage == "on_finish" else {})))
-    if usage == "chunk":
-        chunks.append(usage_chunk())
-    # Items are in the order the calls first appeared.
-    first_seen = [v["id"] for kind, v in order if kind == "tool" and "id" in v]
-    calls.sort(key=lambda c: first_seen.index(c[1]))
-    return Answer(chunks, text, reasoning, calls, finish, usage != "none")
-
 
 @settings(max_examples=200, deadline=None)
 @given(answers())
@@ -794,12 +703,13 @@ def test_a_streamed_answer_replayed_as_history_is_the_same_assistant_turn(answer
     assert "".join(m["content"] or "" for m in assistant) == answer.text
     replayed = [c for m in assistant for c in m.get("tool_calls", [])]
     assert [c["id"] for c in replayed] == [c[1] for c in answer.calls]
-    for (kind, _, name, said), call in zip(answer.calls, replayed, strict=True):
-        args = json.loads(call["function"]["arguments"])
+    for (kind, _, name, said), chat_call in zip(answer.calls, replayed, strict=True):
+        fn = chat_call["function"]
+        args = json.loads(fn["arguments"])
         if kind == "custom_tool_call":
-            assert (call["function"]["name"], args) == ("apply_patch", {"input": said})
+            assert (fn["name"], args) == ("apply_patch", {"input": said})
         else:
-            assert call["function"]["name"] == ("ns__do" if name == "do" else name)
+            assert fn["name"] == ("ns__do" if name == "do" else name)
             assert args == json.loads(said)
     thoughts = "\n\n".join(m["reasoning_content"] for m in assistant if "reasoning_content" in m)
     for item in output:

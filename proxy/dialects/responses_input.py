@@ -1,10 +1,11 @@
 """A Responses request's input items as chat messages.
 
 Chat's rules are kept however the items come: one leading system message (the
-instructions and the developer messages before the conversation), tool calls inside
-the assistant message they follow, every tool result right after the calls it
-answers, and images (which chat takes from users only) after the results that held
-them. Reasoning goes back as ``reasoning_content`` on the next assistant message.
+instructions and the developer messages before the conversation), one assistant
+message per turn (an answer seamline streamed as several items was one chat message
+upstream), every tool result right after the calls it answers, and images (which
+chat takes from users only) after the results that held them. Reasoning goes back as
+the turn's ``reasoning_content``.
 """
 
 from __future__ import annotations
@@ -111,16 +112,16 @@ def _reasoning_text(item: Mapping[str, Any]) -> str:
 
 class _Conversation:
     """Chat messages built item by item, keeping chat's rules: one leading system
-    message, tool calls in the assistant message that precedes them, and every tool
-    result right after the calls it answers."""
+    message, one assistant message per turn (its text, reasoning and tool calls, in
+    the order the items gave them), and every tool result right after the calls it
+    answers."""
 
     def __init__(self, outputs_ahead: set[str]) -> None:
         self.system: list[str] = []
         self.messages: list[JSON] = []
         self._started = False
-        self._reasoning: list[str] = []
-        self._assistant: JSON | None = None  # the message the next tool calls join
-        self._last_assistant: JSON | None = None
+        self._turn: JSON | None = None  # the assistant message being built
+        self._reasoning: list[str] = []  # reasoning before the turn's first text or call
         self._outputs_ahead = outputs_ahead
         self._awaiting: set[str] = set()  # calls whose results come later in the input
         self._deferred: list[JSON] = []  # messages that came between calls and results
@@ -133,25 +134,29 @@ class _Conversation:
         else:
             self.messages.append(message)
 
-    def _assistant_message(self, content: str | None) -> JSON:
-        message: JSON = {"role": "assistant", "content": content}
+    def _assistant(self) -> JSON:
+        if self._turn is None:
+            self._turn = {"role": "assistant", "content": None}
+            self._add(self._turn)
         if self._reasoning:
-            # DeepSeek's thinking mode wants it back with tool calls; the others ignore it
-            # (see without_reasoning for the upstreams that refuse it).
-            message["reasoning_content"] = "\n\n".join(self._reasoning)
-            self._reasoning = []
-        self._last_assistant = message
-        return message
+            self._think_in(self._turn)
+        return self._turn
+
+    def _think_in(self, turn: JSON) -> None:
+        # DeepSeek's thinking mode wants it back with tool calls; the others ignore it
+        # (see without_reasoning for the upstreams that refuse it). Joined as it was
+        # split: one chat answer's reasoning is one text however its items cut it.
+        turn["reasoning_content"] = str(turn.get("reasoning_content") or "") + "".join(
+            self._reasoning
+        )
+        self._reasoning = []
 
     def _end_turn(self) -> None:
-        """Reasoning after the turn's last message (the model thought on after it
-        spoke) belongs to that message: kept, not dropped."""
-        self._assistant = None
-        last = self._last_assistant
-        if self._reasoning and last is not None:
-            before = [last["reasoning_content"]] if last.get("reasoning_content") else []
-            last["reasoning_content"] = "\n\n".join(before + self._reasoning)
+        if self._turn is not None and self._reasoning:
+            self._think_in(self._turn)  # the model thought on after it spoke
+        # Reasoning of a turn that said nothing changes nothing that follows.
         self._reasoning = []
+        self._turn = None
 
     def system_text(self, text: str) -> None:
         self._end_turn()
@@ -165,21 +170,19 @@ class _Conversation:
         self._add({"role": "user", "content": content})
 
     def assistant_text(self, text: str) -> None:
-        message = self._assistant_message(text)
-        self._add(message)
-        self._assistant = message
+        turn = self._assistant()
+        turn["content"] = str(turn["content"] or "") + text
 
     def reasoning(self, text: str) -> None:
-        if text:
+        if not text:
+            return
+        if self._turn is not None:
+            self._turn["reasoning_content"] = str(self._turn.get("reasoning_content") or "") + text
+        else:
             self._reasoning.append(text)
-        self._assistant = None  # what follows is the next assistant turn
 
     def tool_call(self, call_id: str, name: str, arguments: str) -> None:
-        if self._assistant is None:
-            self._assistant = self._assistant_message(None)
-            self._started = True
-            self.messages.append(self._assistant)
-        calls = self._assistant.setdefault("tool_calls", [])
+        calls = self._assistant().setdefault("tool_calls", [])
         calls.append(
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         )
