@@ -15,9 +15,9 @@ class Message:
 
     __slots__ = ("id", "index", "lp_deltas", "lp_parts", "open", "parts", "status")
 
-    def __init__(self, item_id: str, index: int) -> None:
+    def __init__(self, item_id: str) -> None:
         self.id = item_id
-        self.index = index
+        self.index = -1  # its output_index, once added
         self.parts: dict[str, tuple[int, list[str]]] = {}  # output_text/refusal -> (index, text)
         self.lp_deltas: list[JSON] = []  # logprobs as the text events carry them
         self.lp_parts: list[JSON] = []  # as the output_text part does
@@ -43,9 +43,9 @@ class Reasoning:
 
     __slots__ = ("id", "index", "open", "status", "text")
 
-    def __init__(self, item_id: str, index: int) -> None:
+    def __init__(self, item_id: str) -> None:
         self.id = item_id
-        self.index = index
+        self.index = -1  # its output_index, once added
         self.text: list[str] = []
         self.open = True
         self.status = "in_progress"
@@ -73,7 +73,7 @@ class Call:
         self.ref = ToolRef("function", "")
         self.field: JsonField | None = None
         self.id = ""
-        self.index: int | None = None
+        self.index: int | None = None  # its output_index, once added
         self.open = False
         self.status = "in_progress"
 

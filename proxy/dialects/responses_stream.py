@@ -135,9 +135,15 @@ class ChatToResponses:
         return self.fail(TRUNCATED if clean else CUT)
 
     def fail(self, failure: UpstreamFailure) -> list[JSON]:
-        """The upstream failed: an ``error`` event, then ``response.failed``. Open items
-        are not closed, so no client acts on a half tool call; the failed response
-        lists them as incomplete."""
+        """The upstream failed: an ``error`` event, then ``response.failed``.
+
+        Both, the terminal one last, because the clients read different ones:
+        openai-python yields both (it raises only on a nested ``error`` object, which
+        the SDK's ``ResponseErrorEvent`` has not) and its accumulator gives no final
+        response; the Agents SDK raises on either; Codex takes its retry decision from
+        ``response.failed``'s error and ignores ``error``. Open items are not closed,
+        so no client runs half a tool call; the failed response lists them as
+        incomplete."""
         self._fail(failure)
         return self._flush()
 
@@ -214,7 +220,7 @@ class ChatToResponses:
         self._close_message()
         rs = self._reasoning
         if rs is None:
-            rs = self._reasoning = Reasoning(self._ids("rs"), 0)
+            rs = self._reasoning = Reasoning(self._ids("rs"))
             self._added(rs)
             self._emit(
                 "response.reasoning_summary_part.added", item_id=rs.id, output_index=rs.index,
@@ -230,7 +236,7 @@ class ChatToResponses:
         self._close_reasoning()
         msg = self._message
         if msg is None:
-            msg = self._message = Message(self._ids("msg"), 0)
+            msg = self._message = Message(self._ids("msg"))
             self._added(msg)
         if kind not in msg.parts:
             msg.parts[kind] = (len(msg.parts), [])
