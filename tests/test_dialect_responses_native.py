@@ -444,3 +444,17 @@ def test_a_stream_cut_before_its_terminal_event_gets_a_numbered_error() -> None:
     check = EndingCheck()
     check.see(Reframer().feed(unnamed))
     assert check.ended
+
+
+def test_a_chat_stream_that_fails_before_any_answer_can_go_to_another_account() -> None:
+    t = ResponsesToChat(include_usage=True)
+    t.feed({"type": "response.created", "response": {"id": "r", "created_at": 1, "model": "m"}})
+    chunks = t.feed(
+        {
+            "type": "response.failed",
+            "response": {"error": {"code": "rate_limit_exceeded", "message": "busy"}},
+        }
+    )
+    assert t.failed and not t.committed
+    assert t.failure is not None and t.failure.status == 429
+    assert chunks[0]["error"]["message"] == "busy"

@@ -42,7 +42,7 @@ from proxy.dialects.responses_common import (
     sequential_ids,
 )
 from proxy.dialects.responses_request import translate_request
-from proxy.sse import Reframer
+from proxy.sse import Event, Reframer
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -717,3 +717,29 @@ def test_a_streamed_answer_replayed_as_history_is_the_same_assistant_turn(answer
             assert item["summary"][0]["text"] in thoughts
     tools = [m for m in body["messages"] if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in tools] == [c[1] for c in answer.calls]
+
+
+def test_a_stream_that_fails_before_any_content_can_go_to_another_account() -> None:
+    for items in (
+        [Event(b'{"error": {"message": "busy", "code": "rate_limit_exceeded"}}')],
+        [Event(b"[DONE]")],
+        [Event(json.dumps(chunk({"role": "assistant"})).encode()), Event(b"[DONE]")],
+    ):
+        t = translator()
+        events = t.feed_items(items)
+        assert t.done and t.status == "failed" and not t.content_started
+        assert t.failure is not None and events[-1]["type"] == "response.failed"
+        assert events[-2]["message"] == t.failure.message
+    t = translator()
+    t.feed_items([Event(b'{"error": {"message": "busy", "code": "rate_limit_exceeded"}}')])
+    assert t.failure is not None and t.failure.status == 429
+    t = translator()
+    t.feed(chunk({"content": "a"}))
+    assert t.content_started  # from here on the client has it
+
+
+def test_an_empty_answer_is_completed_with_no_output() -> None:
+    t = translator()
+    events = t.feed(chunk({}, "stop", usage=USAGE))
+    assert t.status == "completed" and not t.content_started
+    assert events[-1]["response"]["output"] == []

@@ -70,8 +70,9 @@ class _Tool:
 class ResponsesToChat:
     """One chat-completions chunk stream made from one Responses stream.
 
-    ``committed`` turns True with the first chunk: before it the gateway may still try
-    another account. After :attr:`done` the gateway writes ``[DONE]`` unless
+    ``committed`` turns True with the first chunk of the answer: a stream that failed
+    before it may still go to another account, or be answered with
+    ``failure.status``. After :attr:`done` the gateway writes ``[DONE]`` unless
     :attr:`failed`, whose last chunk is an OpenAI error object.
     """
 
@@ -86,6 +87,7 @@ class ResponsesToChat:
         self.committed = False
         self.done = False
         self.failed = False
+        self.failure: UpstreamFailure | None = None
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
         if not self.committed:
@@ -252,6 +254,7 @@ class ResponsesToChat:
         if self.done:
             return []
         self.done = self.failed = True
+        self.failure = failure
         return [failure.chat_error()]
 
     def end(self, clean: bool = True) -> list[JSON]:

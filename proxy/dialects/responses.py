@@ -9,9 +9,10 @@ Serving ``/v1/responses`` from a chat-completions account::
         request, response_id=rid, created_at=now, ids=sequential_ids(seed)
     )
     events = translator.feed_items(reframer.feed(data))  # or .feed(chunk) per chunk
-    # Until translator.committed nothing is due to the client: an upstream error or
-    # cut then may go to the next account (a new translator, same rid and seed).
-    events += translator.end(clean=True)  # or end(clean=False), or fail(failure)
+    events += translator.end(clean=True)  # at the body's end; end(clean=False) on a cut
+    # Hold the events until translator.content_started: a stream that is done and
+    # failed before it (translator.failure) may go to the next account (a new
+    # translator, same rid and seed) or become the HTTP error failure.status names.
     write(encode_events(events))
 
     # not streaming:

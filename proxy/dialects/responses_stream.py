@@ -5,9 +5,9 @@ parsed chunk, :meth:`~ChatToResponses.end` the upstream's end, :meth:`~ChatToRes
 its error; each returns the events to send, in order, numbered from 0.
 
 The handshake (``response.created``, ``response.in_progress``) is seamline's own and
-goes out with the first upstream content or ending, never before: while
-:attr:`~ChatToResponses.committed` is False nothing has been produced and the gateway
-may still try another account. A truncated stream is never completed: an end before
+is made with the first upstream content or ending, never before; until
+:attr:`~ChatToResponses.content_started` the gateway holds it back and may still try
+another account. A truncated stream is never completed: an end before
 any ``finish_reason``, a cut, or an error ends in ``error`` then ``response.failed``.
 """
 
@@ -53,7 +53,8 @@ class ChatToResponses:
 
     ``request`` is the translated request (its echo fields and tool names);
     ``response_id`` and ``ids`` make every id (the same seed on a retry gives the
-    same ids); ``created_at`` is the gateway's clock.
+    same ids); ``created_at`` is the gateway's clock, in Unix seconds (OpenAI sends
+    an integer).
     """
 
     def __init__(
@@ -76,9 +77,18 @@ class ChatToResponses:
         self._usage_final = False
         self._last: JSON | None = None  # the terminal event's response
         self._model: str | None = None
-        self.committed = False  # the handshake went out: no other account may answer now
-        self.done = False  # the terminal event went out
+        self.committed = False  # the handshake was made (returned, maybe not yet written)
+        self.done = False  # the terminal event was made
         self.status: str | None = None  # completed, incomplete or failed, once done
+        self.failure: UpstreamFailure | None = None  # why, when failed
+
+    @property
+    def content_started(self) -> bool:
+        """Whether upstream content reached the client's stream. Until it did, the
+        gateway writes nothing: a stream that failed before it (an error first, a cut,
+        an empty stream) may go to the next account, or be answered with
+        ``failure.status``, and its events are dropped."""
+        return bool(self._items)
 
     # --- what the gateway calls -------------------------------------------------------
 
@@ -159,6 +169,7 @@ class ChatToResponses:
         self._emit("response.failed", response=self._last)
         self.done = True
         self.status = "failed"
+        self.failure = failure
 
     def response(self) -> JSON:
         """The response as it stands: the terminal event's once :attr:`done`."""
