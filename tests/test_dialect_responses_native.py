@@ -458,3 +458,13 @@ def test_a_chat_stream_that_fails_before_any_answer_can_go_to_another_account() 
     assert t.failed and not t.committed
     assert t.failure is not None and t.failure.status == 429
     assert chunks[0]["error"]["message"] == "busy"
+
+
+def test_a_stream_whose_last_event_is_an_error_needs_no_second_one() -> None:
+    check = EndingCheck()
+    check.see(
+        Reframer().feed(
+            b'event: error\ndata: {"type":"error","message":"x","sequence_number":3}\n\n'
+        )
+    )
+    assert not check.ended and check.closing() == []

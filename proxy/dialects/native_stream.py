@@ -37,6 +37,7 @@ class EndingCheck:
     def __init__(self) -> None:
         self.ended = False
         self.last_sequence_number = -1
+        self._last_was_error = False
 
     def see(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -47,11 +48,15 @@ class EndingCheck:
             name = item.event.decode("utf-8", "replace")
             if name in TERMINAL_EVENTS or (not name and _TYPE.search(item.data)):
                 self.ended = True
+            self._last_was_error = name == "error" or (
+                not name and item.data.lstrip().startswith(b'{"type":"error"')
+            )
 
     def closing(self, clean: bool = True) -> list[JSON]:
-        """What to send after the upstream's end: nothing after a terminal event, else
-        one ``error`` event numbered after the last."""
-        if self.ended:
+        """What to send after the upstream's end: nothing after a terminal event or an
+        error event (the stream already ends as a client must be told), else one
+        ``error`` event numbered after the last."""
+        if self.ended or self._last_was_error:
             return []
         failure = TRUNCATED if clean else CUT
         return [{
