@@ -1,1 +1,1 @@
-"""Translators between the OpenAI chat API and the other dialects seamline speaks."""
+"""Translators between the API dialects: sans-IO state machines fed chunks, giving events."""
