@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import select
 import socket
 import ssl
 import zlib
@@ -271,6 +272,7 @@ class _Conn(asyncio.Protocol):
         "_parser",
         "_raw_headers",
         "_reading",
+        "_unasked",
         "_until_close",
         "body",
         "closed",
@@ -293,6 +295,7 @@ class _Conn(asyncio.Protocol):
         self._got = False  # any byte of the current answer arrived
         # Bytes of the current answer received while its head is still to end; -1 after.
         self._before_head = 0
+        self._unasked = False  # the upstream sent bytes while nothing was asked
         self._head_only = False
         self._head_bytes = 0
         self._raw_headers: list[tuple[str, str]] = []
@@ -311,6 +314,7 @@ class _Conn(asyncio.Protocol):
         resp = self.response
         if resp is None:
             # Nothing was asked: an idle connection that talks is not one to reuse.
+            self._unasked = True
             self.abort()
             return
         self._got = True
@@ -426,6 +430,17 @@ class _Conn(asyncio.Protocol):
     # -- seamline's side ------------------------------------------------------------
 
     def start(self, resp: Response, request: bytes, head_only: bool) -> None:
+        if self.closed:
+            # A new connection can be gone before its first request: its upstream spoke
+            # first (not an HTTP server), or closed at once.
+            resp._broken(
+                UpstreamProtocolError(
+                    "upstream sent bytes before any request: not an HTTP server?"
+                    if self._unasked
+                    else "upstream closed the connection unexpectedly"
+                )
+            )
+            return
         self.response = resp
         self.body = resp._piece
         resp._conn = self
@@ -477,6 +492,23 @@ def _ignore(data: bytes) -> None:
     return None
 
 
+# POLLERR and POLLHUP are reported whether asked for or not.
+_STIR = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
+
+
+def _stirred(transport: asyncio.Transport) -> bool:
+    """Whether an idle connection's socket holds something the loop has not handed
+    over yet (bytes sent unasked, its close, a reset): such a connection must not
+    carry a request, or those bytes would be read as its answer. One ``poll`` system
+    call per reuse of a connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _STIR)
+    return bool(poller.poll(0))
+
+
 class Client:
     """Connections to every upstream, kept alive between requests.
 
@@ -496,6 +528,10 @@ class Client:
     def put(self, conn: _Conn) -> None:
         if conn.closed:
             return
+        # Idle connections are read: whatever their upstream sends unasked (or its
+        # close) is seen at once and closes them. A pulled body's last read may have
+        # paused reading; left paused, the bytes would wait for the next request.
+        conn.resume()
         conn.reused = True
         self._idle.setdefault(conn.key, {})[conn] = None
         loop = asyncio.get_running_loop()
@@ -513,8 +549,12 @@ class Client:
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if _stirred(conn.transport):
+                conn.abort()  # unasked bytes, a close or a reset the loop has not seen yet
+                continue
+            return conn
         return None
 
     async def _connect(self, key: tuple[str, str, int], within: float) -> _Conn:

@@ -184,7 +184,7 @@ def text_of(chunks: list[Any]) -> str:
 
 # Modules whose tests also run on uvloop, the loop seamline serves on: their code
 # works the transports directly, and uvloop's differ from asyncio's.
-_BOTH_LOOPS = frozenset({"test_wire.py"})
+_BOTH_LOOPS = frozenset({"test_wire.py", "test_wire_hostile.py"})
 
 
 def pytest_asyncio_loop_factories(

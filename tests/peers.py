@@ -7,7 +7,9 @@ Imported by the wire test modules, which also import its fixtures (``serve``,
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from functools import cache
 from typing import Any, Protocol
 
 import pytest
@@ -17,11 +19,25 @@ from proxy import wire
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+STALE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"  # what no one asked for
 
 
 def chunks(*pieces: bytes) -> bytes:
     """``pieces`` in the chunked encoding, without the last chunk."""
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+
+
+def large(size: int) -> bytes:
+    """An answer with a body of ``size`` bytes, by its length."""
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (size, b"x" * size)
+
+
+@cache
+def bomb() -> bytes:
+    """64 MiB of zeros, gzipped (about 64 KiB)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = bytes(1024 * 1024)
+    return b"".join(z.compress(block) for _ in range(64)) + z.flush()
 
 
 def split(data: bytes, parts: int) -> list[bytes]:
@@ -48,6 +64,7 @@ class Peer:
         self.reader = reader
         self.writer = writer
         self.eof = asyncio.Event()
+        self.sent = 0  # bytes written to the client
 
     async def request(self) -> bytes:
         """The next request's raw bytes (its head, then a Content-Length body); b"" once
@@ -71,6 +88,7 @@ class Peer:
         for piece in pieces:
             self.writer.write(piece)
             await self.writer.drain()
+            self.sent += len(piece)
             if pause:
                 await asyncio.sleep(pause)
 
