@@ -28,7 +28,9 @@ from yarl import URL
 
 from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 
-_MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
+# An upstream's response head larger than this is refused; so are this many bytes
+# of anything else that is not body (chunk framing and extensions, trailers) in a row.
+_MAX_HEAD = 64 * 1024
 # Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
 _HIGH_WATER = 0x20000
 _NO_BODY = frozenset({204, 304})
@@ -264,7 +266,6 @@ class _Conn(asyncio.Protocol):
     """One keep-alive connection to an upstream, answering one request at a time."""
 
     __slots__ = (
-        "_before_head",
         "_client",
         "_got",
         "_head_bytes",
@@ -273,6 +274,7 @@ class _Conn(asyncio.Protocol):
         "_raw_headers",
         "_reading",
         "_unasked",
+        "_unbodied",
         "_until_close",
         "body",
         "closed",
@@ -293,8 +295,9 @@ class _Conn(asyncio.Protocol):
         self.body: Callable[[bytes], None] = _ignore
         self.reused = False
         self._got = False  # any byte of the current answer arrived
-        # Bytes of the current answer received while its head is still to end; -1 after.
-        self._before_head = 0
+        # Bytes received since the answer began or since its last body piece: its head,
+        # then chunk framing and extensions, trailers (see ``data_received``).
+        self._unbodied = 0
         self._unasked = False  # the upstream sent bytes while nothing was asked
         self._head_only = False
         self._head_bytes = 0
@@ -318,6 +321,15 @@ class _Conn(asyncio.Protocol):
             self.abort()
             return
         self._got = True
+        # What is not body is bounded like the head: httptools hands a header field
+        # (a trailer's too) over only once it ends, concatenating its pieces until then
+        # (quadratic in the pieces), and lets chunk extensions go by unseen. So count
+        # every byte received, and let ``on_body`` zero the count: it only grows while
+        # the upstream sends something other than body, and a long stream of small
+        # chunks never reaches the bound. The bytes of a read after its last body piece
+        # go uncounted, so the bound is _MAX_HEAD plus one read. Cost: one add and one
+        # comparison per read, one store per body piece.
+        self._unbodied += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -329,14 +341,20 @@ class _Conn(asyncio.Protocol):
                 else UpstreamProtocolError(f"upstream sent an invalid response: {exc}")
             )
             return
-        if self._before_head >= 0:
-            # ``on_header`` only sees a field once it ends: a head that keeps growing
-            # without ending is refused here.
-            self._before_head += len(data)
-            if self._before_head > _MAX_HEAD:
-                self._fail(
-                    UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
-                )
+        except httptools.HttpParserUpgrade:
+            # Not an HttpParserError: uncaught, it would be a traceback in the loop's log.
+            self._fail(UpstreamProtocolError("upstream switched protocols unasked"))
+            return
+        if self._unbodied > _MAX_HEAD:
+            self._fail(self._too_much())
+
+    def _too_much(self) -> UpstreamProtocolError:
+        resp = self.response
+        if resp is not None and resp._head.done():
+            return UpstreamProtocolError(
+                f"upstream sent more than {_MAX_HEAD} bytes of trailers or chunk framing"
+            )
+        return UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -376,17 +394,26 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > _MAX_HEAD:
-            raise UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
+            raise self._too_much()
         self._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         resp = self.response
         status = self._parser.get_status_code()
         raw, self._raw_headers = self._raw_headers, []
-        if resp is None or 100 <= status < 200:
-            return  # 100 Continue, 103 Early Hints: the answer is still to come
+        if resp is None:
+            return
+        if 100 <= status < 200:
+            if status == 101:
+                # seamline never asks for an upgrade: what follows is not HTTP.
+                raise UpstreamProtocolError("upstream switched protocols (101) unasked")
+            # 100 Continue, 103 Early Hints: the answer is still to come. A 1xx has no
+            # body (RFC 9110, 15.2), but llhttp reads one when it declares a length or
+            # chunks: that upstream and this parser disagree on where the answer starts.
+            self.body = _interim_body
+            return
+        self.body = resp._piece
         headers = CIMultiDict(raw)
-        self._before_head = -1
         resp.status = status
         resp.headers = CIMultiDictProxy(headers)
         ctype = headers.get("Content-Type")
@@ -413,6 +440,7 @@ class _Conn(asyncio.Protocol):
             self.abort()
 
     def on_body(self, body: bytes) -> None:
+        self._unbodied = 0
         self.body(body)
 
     def on_message_complete(self) -> None:
@@ -445,7 +473,7 @@ class _Conn(asyncio.Protocol):
         self.body = resp._piece
         resp._conn = self
         self._got = False
-        self._before_head = 0
+        self._unbodied = 0
         self._head_only = head_only
         self._until_close = False
         assert self.transport is not None
@@ -507,6 +535,10 @@ def _stirred(transport: asyncio.Transport) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), _STIR)
     return bool(poller.poll(0))
+
+
+def _interim_body(data: bytes) -> None:
+    raise UpstreamProtocolError("upstream sent a 1xx answer with a body")
 
 
 class Client:

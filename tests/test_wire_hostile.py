@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
+import pytest
 from peers import (
+    CHUNKED,
+    LAST_CHUNK,
     OK,
     STALE,
     Peer,
     Serve,
     answer,
+    call,
+    chunks,
     client,
     fetch,
     first_then_ok,
     large,
+    read_all,
     serve,
 )
 
 from proxy import wire
+from proxy.errors import UpstreamProtocolError
 
 __all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
 
@@ -70,3 +78,147 @@ async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reuse
     assert (resp.status, body) == (200, b"ok")
     assert len(up.peers) == 2
     assert await up.peers[0].closed()
+
+
+# -- what is not body -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prefix", "unit"),
+    [
+        pytest.param(chunks(b"hello") + b"0\r\nX-Trailer: ", b"a", id="trailer-line"),
+        pytest.param(chunks(b"hello") + b"0\r\n", b"X-Pad: aaaaaaaa\r\n", id="trailer-fields"),
+        pytest.param(chunks(b"hello") + b"5;ext=", b"a", id="chunk-extension"),
+        pytest.param(chunks(b"hello"), b"0", id="chunk-size-zeros"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["pulled", "pushed"])
+async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
+    serve: Serve, client: wire.Client, prefix: bytes, unit: bytes, mode: str
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED)
+        await asyncio.sleep(0.05)  # the push is set up before the body comes
+        await peer.send(prefix)
+        try:
+            while peer.sent < 64 * 1024 * 1024:
+                await peer.send(unit * 1024, pause=0.001)
+        except ConnectionError:
+            peer.eof.set()  # the client closed the connection
+            return
+        await peer.until_closed()
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    got: list[bytes] = []
+    with pytest.raises(UpstreamProtocolError, match=r"more than 65536 bytes of trailers or"):
+        if mode == "pulled":
+            async with asyncio.timeout(5):
+                while piece := await resp.read():
+                    got.append(piece)
+        else:
+            await asyncio.wait_for(resp.push(got.append), 5)
+    resp.close()
+    assert b"".join(got) == b"hello"
+    assert await up.peers[0].closed()
+    # The flood stops within the bound and what loopback buffers hold; unbounded, the
+    # upstream would write all 64 MiB.
+    assert up.peers[0].sent < 16 * 1024 * 1024
+
+
+@pytest.mark.parametrize("mode", ["pulled", "pushed"])
+async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refused(
+    serve: Serve, client: wire.Client, mode: str
+) -> None:
+    # 15 times the bound in chunk framing, sent in pieces cut at random, so that some
+    # reads hold framing only: each body piece starts the count again.
+    rng = random.Random(13)
+    pieces = [bytes([97 + i % 26]) for i in range(200_000)]
+    framed = chunks(*pieces) + LAST_CHUNK
+    assert len(framed) - len(pieces) > 15 * wire._MAX_HEAD
+    cuts = sorted(rng.sample(range(1, len(framed)), 2_000))
+    writes = [framed[a:b] for a, b in zip([0, *cuts], [*cuts, len(framed)], strict=True)]
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED)
+        await asyncio.sleep(0.05)
+        for piece in writes:
+            await peer.send(piece)
+            await asyncio.sleep(0)
+        await answer(peer, OK)
+
+    up = await serve(handler)
+    resp = await call(client, up.url())
+    if mode == "pulled":
+        body = await read_all(resp)
+    else:
+        got: list[bytes] = []
+        assert await asyncio.wait_for(resp.push(got.append), 10) is True
+        body = b"".join(got)
+    resp.close()
+    assert body == b"".join(pieces)
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 1
+
+
+# -- interim answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 150 Odd\r\nContent-Length: 5\r\n\r\nHELLO",
+        b"HTTP/1.1 199 Odd\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks(b"HELLO") + LAST_CHUNK,
+    ],
+)
+async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer(
+    serve: Serve, client: wire.Client, interim: bytes
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(interim + OK)
+        await peer.until_closed()
+
+    up = await serve(handler)
+    with pytest.raises(UpstreamProtocolError, match="1xx answer with a body"):
+        await call(client, up.url())
+    assert await up.peers[0].closed()
+
+
+async def test_a_1xx_answer_with_an_empty_length_is_skipped(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await serve(
+        lambda peer: answer(peer, b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n" + OK)
+    )
+    resp, body = await fetch(client, up.url())
+    assert (resp.status, body) == (200, b"ok")
+
+
+async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
+    serve: Serve, client: wire.Client
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n\x81\x05hello"
+        )
+        await peer.until_closed()
+
+    up = await serve(handler)
+    try:
+        with pytest.raises(UpstreamProtocolError, match=r"switched protocols \(101\) unasked"):
+            await call(client, up.url())
+        assert await up.peers[0].closed()
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
