@@ -39,8 +39,13 @@ _GRACE = 1.0  # seconds a let-go body has to end for its connection to be kept
 
 
 class _Stale(UpstreamProtocolError):
-    """A reused keep-alive connection was closed before any byte of the answer: the
-    upstream dropped it while idle, so the request can go on a new one."""
+    """A reused keep-alive connection was closed before any byte of the answer, most
+    likely dropped by the upstream while idle. ``unsent``: it was found closed as the
+    request was written, so the upstream cannot have read the request."""
+
+    def __init__(self, message: str, *, unsent: bool) -> None:
+        super().__init__(message)
+        self.unsent = unsent
 
 
 NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -275,6 +280,7 @@ class _Conn(asyncio.Protocol):
         "_reading",
         "_unasked",
         "_unbodied",
+        "_unsent",
         "_until_close",
         "body",
         "closed",
@@ -298,6 +304,7 @@ class _Conn(asyncio.Protocol):
         # Bytes received since the answer began or since its last body piece: its head,
         # then chunk framing and extensions, trailers (see ``data_received``).
         self._unbodied = 0
+        self._unsent = False  # the request's write found the connection closed
         self._unasked = False  # the upstream sent bytes while nothing was asked
         self._head_only = False
         self._head_bytes = 0
@@ -366,7 +373,7 @@ class _Conn(asyncio.Protocol):
         if resp._head.done() and self._until_close:
             resp._complete()  # a body framed by the connection's end has ended
         elif not resp._head.done() and not self._got and self.reused:
-            resp._broken(_Stale("upstream closed the connection unexpectedly"))
+            resp._broken(_Stale("upstream closed the connection unexpectedly", unsent=self._unsent))
         elif not resp._head.done():
             resp._broken(UpstreamProtocolError("upstream closed the connection unexpectedly"))
         else:
@@ -480,6 +487,10 @@ class _Conn(asyncio.Protocol):
         if not self._reading:
             self.resume()
         self.transport.write(request)
+        # A connection that the write finds closed (its peer's reset, EPIPE) is closing
+        # once ``write`` returns, on asyncio and uvloop alike: nothing reached the
+        # upstream. One that the upstream closes after the write may have been read.
+        self._unsent = self.transport.is_closing()
 
     def _let_go(self) -> Response | None:
         """The current answer, which this connection no longer feeds."""
@@ -707,10 +718,16 @@ class Client:
                 raise UpstreamTimeout(
                     f"upstream sent no response headers within {head:g}s"
                 ) from None
-            except UpstreamError as exc:
+            except _Stale as exc:
                 resp.close()
-                if isinstance(exc, _Stale):
+                if exc.unsent or _replayable(method, headers):
                     continue
+                raise UpstreamProtocolError(
+                    "upstream closed the connection unexpectedly (the request is not sent"
+                    " again: the upstream may have acted on it)"
+                ) from None
+            except UpstreamError:
+                resp.close()
                 raise
             except BaseException:
                 resp.close()
@@ -723,6 +740,24 @@ class Client:
             for conn in list(conns):
                 conn.abort()
         self._idle.clear()
+
+
+# When a request may go again on a new connection, after a reused one closed before
+# any byte of the answer: Go's net/http rule (Transport, shouldRetryRequest). The
+# upstream may have read the request and acted on it before closing (or crashing), and
+# a POST sent twice is a completion paid for twice. So a request goes again only when
+# it is known the upstream could not have read it (the write found the connection
+# closed or reset: ``_Stale.unsent``), or when it is replayable: a method that does not
+# change anything, or a request whose client vouches for replays with an idempotency
+# key. A request on a new connection is never sent again: nothing hints that a second
+# one would fare better.
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _replayable(method: str, headers: Mapping[str, str]) -> bool:
+    if method in _REPLAYABLE:
+        return True
+    return any(name.lower() in ("idempotency-key", "x-idempotency-key") for name in headers)
 
 
 def _serialize(method: str, url: URL, port: int, headers: Mapping[str, str], body: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 
 import pytest
 from peers import (
@@ -222,3 +223,63 @@ async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+# -- requests sent again ----------------------------------------------------------------
+
+
+async def _answer_then_read_and_close(peer: Peer) -> None:
+    await peer.request()
+    await peer.send(OK)
+    await peer.request()  # read whole, maybe acted on; then the connection closes
+    peer.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "copies"),
+    [
+        pytest.param("POST", {}, 1, id="POST"),
+        pytest.param("PATCH", {}, 1, id="PATCH"),
+        pytest.param("GET", {}, 2, id="GET"),
+        pytest.param("POST", {"Idempotency-Key": "k-1"}, 2, id="POST-with-an-idempotency-key"),
+    ],
+)
+async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable(
+    serve: Serve, client: wire.Client, method: str, headers: dict[str, str], copies: int
+) -> None:
+    up = await serve(first_then_ok(_answer_then_read_and_close))
+    await fetch(client, up.url())
+    body = b'{"n": 2}' if method != "GET" else b""
+    if copies == 1:
+        with pytest.raises(UpstreamProtocolError, match="not sent again"):
+            await fetch(client, up.url("/v1/second"), method, body, headers)
+    else:
+        resp, got = await fetch(client, up.url("/v1/second"), method, body, headers)
+        assert (resp.status, got) == (200, b"ok")
+    second = [r for r in up.requests if r.startswith(f"{method} /v1/second ".encode())]
+    assert len(second) == copies
+    assert len(up.peers) == copies
+
+
+async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_new_one(
+    serve: Serve, client: wire.Client
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(OK)
+        await peer.until_closed()
+
+    up = await serve(first_then_ok(handler))
+    await fetch(client, up.url())
+    conn = next(iter(client._idle[("http", "127.0.0.1", up.port)]))
+    assert conn.transport is not None
+    # Dead for writing, and nothing to read yet: the pool cannot tell until the write
+    # fails (EPIPE), before any byte of the request reached the upstream.
+    fd = conn.transport.get_extra_info("socket").fileno()
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_WR)
+    resp, body = await fetch(client, up.url("/v1/second"), "POST", b'{"n": 2}')
+    assert (resp.status, body) == (200, b"ok")
+    second = [r for r in up.requests if r.startswith(b"POST /v1/second ")]
+    assert len(second) == 1, "the first write never reached the upstream"
+    assert len(up.peers) == 2
