@@ -33,6 +33,9 @@ from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, Upstr
 _MAX_HEAD = 64 * 1024
 # Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
 _HIGH_WATER = 0x20000
+# A compressed body is inflated this many bytes at a time: a 64 KiB read of gzip can
+# inflate to 64 MiB, which must not become one piece (or one buffer).
+_INFLATE_STEP = 0x10000
 _NO_BODY = frozenset({204, 304})
 _DNS_TTL = 300.0  # seconds an upstream host's looked-up addresses are used
 _GRACE = 1.0  # seconds a let-go body has to end for its connection to be kept
@@ -60,13 +63,16 @@ class Response:
         "_draining",
         "_ended",
         "_exc",
+        "_finishing",
         "_head",
+        "_held",
         "_loop",
         "_paused",
         "_pieces",
         "_pushed",
         "_sink",
         "_size",
+        "_stash",
         "_timer",
         "_waiter",
         "content_type",
@@ -86,8 +92,13 @@ class Response:
         self._exc: UpstreamError | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._pushed: asyncio.Future[bool] | None = None
-        self._paused = False
+        self._paused = False  # the connection is paused because ``_pieces`` is full
+        self._held = False  # the pushed body's reader asked for a pause
         self._decoder: Any = None
+        # Compressed bytes (or none: output zlib still holds) to inflate once the reader
+        # catches up; None: nothing is waiting.
+        self._stash: bytearray | None = None
+        self._finishing = False  # the body is all in, the stash still to inflate
         self._timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.headers: CIMultiDictProxy[str] = NO_HEADERS
@@ -98,11 +109,13 @@ class Response:
     async def read(self) -> bytes:
         """Whatever body bytes have arrived (waiting for some), b"" at the end."""
         while True:
+            if not self._pieces and self._stash is not None:
+                self._catch_up()
             if self._pieces:
                 data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
                 self._pieces.clear()
                 self._size = 0
-                if self._paused:
+                if self._paused and self._stash is None:
                     self._paused = False
                     if self._conn is not None:
                         self._conn.resume()
@@ -118,7 +131,7 @@ class Response:
                 self._waiter = None
 
     def buffered(self) -> bool:
-        return bool(self._pieces)
+        return bool(self._pieces) or self._stash is not None
 
     def push(self, sink: Callable[[bytes], None]) -> asyncio.Future[bool]:
         """From now on hand each piece of the body to ``sink`` as it arrives, inside the
@@ -156,6 +169,8 @@ class Response:
             return
         self._draining = True
         self._decoder = None
+        self._stash = None
+        self._finishing = False
         self._pieces.clear()
         conn.body = _ignore
         conn.resume()
@@ -177,10 +192,16 @@ class Response:
 
     def pause(self) -> None:
         """Stop reading the socket (the reader's client is not keeping up)."""
+        self._held = True
         if self._conn is not None:
             self._conn.pause()
 
     def resume(self) -> None:
+        self._held = False
+        if self._stash is not None:
+            self._catch_up()
+            if self._stash is not None:
+                return  # the reader is behind again
         if self._conn is not None:
             self._conn.resume()
 
@@ -198,6 +219,8 @@ class Response:
             self._timer.cancel()
             self._timer = None
         self._sink = None
+        self._decoder = None
+        self._stash = None
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort()
@@ -217,15 +240,50 @@ class Response:
 
     def _piece(self, data: bytes) -> None:
         if self._decoder is not None:
+            if self._stash is not None:
+                self._stash += data  # behind already: in order, after the rest
+            else:
+                self._inflate(data)
+            return
+        self._deliver(data)
+
+    def _inflate(self, data: bytes | bytearray) -> None:
+        """Inflate ``data`` a step at a time, each step handed on as a body piece; once
+        the reader is behind, keep the rest (and stop reading the socket) until it
+        catches up. Bodies that are not compressed never come here."""
+        while True:
+            decoder = self._decoder
+            if decoder is None:
+                return  # the reader let go
             try:
-                data = self._decoder.decompress(data)
+                out = decoder.decompress(data, _INFLATE_STEP)
             except zlib.error as exc:
                 self._broken(
                     UpstreamProtocolError(f"upstream sent a corrupt compressed body: {exc}")
                 )
                 return
-            if not data:
+            data = decoder.unconsumed_tail
+            if out:
+                self._deliver(out)
+            if not data and len(out) < _INFLATE_STEP:
+                return  # a full step may leave output inside zlib: one more round
+            if self._exc is not None:
                 return
+            if self._held or self._size > _HIGH_WATER:
+                self._stash = bytearray(data)
+                if self._conn is not None:
+                    self._conn.pause()
+                return
+
+    def _catch_up(self) -> None:
+        data, self._stash = self._stash, None
+        if data is not None:
+            self._inflate(data)
+        if self._stash is None and self._finishing:
+            self._finishing = False
+            self._complete()
+
+    def _deliver(self, data: bytes) -> None:
         sink = self._sink
         if sink is not None:
             sink(data)
@@ -242,11 +300,17 @@ class Response:
             waiter.set_result(None)
 
     def _complete(self) -> None:
+        if self._stash is not None:
+            # All of the body is in, not all of it inflated: it ends once it is. The
+            # connection is free for the next request already.
+            self._finishing = True
+            self._conn = None
+            return
         if self._decoder is not None:
             tail = self._decoder.flush()
             self._decoder = None
             if tail:
-                self._piece(tail)
+                self._deliver(tail)
         self._ended = True
         self._draining = False
         self._conn = None

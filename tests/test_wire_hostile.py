@@ -15,7 +15,9 @@ from peers import (
     STALE,
     Peer,
     Serve,
+    Upstream,
     answer,
+    bomb,
     call,
     chunks,
     client,
@@ -283,3 +285,77 @@ async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_ne
     second = [r for r in up.requests if r.startswith(b"POST /v1/second ")]
     assert len(second) == 1, "the first write never reached the upstream"
     assert len(up.peers) == 2
+
+
+# -- compressed bodies ------------------------------------------------------------------
+
+
+async def _serve_bomb(serve: Serve, go: asyncio.Event | None = None) -> Upstream:
+    """An upstream whose first answer is 64 KiB of gzip that inflates to 64 MiB (its
+    body once ``go`` is set, when given)."""
+    data = bomb()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+        if go is None:
+            await peer.send(head % len(data) + data)
+        else:
+            await peer.send(head % len(data))
+            await go.wait()
+            await peer.send(data)
+        await answer(peer, OK)
+
+    return await serve(handler)
+
+
+async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
+    serve: Serve, client: wire.Client
+) -> None:
+    up = await _serve_bomb(serve)
+    resp = await call(client, up.url())
+    size = largest = 0
+    async with asyncio.timeout(20):
+        while piece := await resp.read():
+            size += len(piece)
+            largest = max(largest, len(piece))
+            # What waits for the reader is the compressed rest, never more inflated.
+            assert len(resp._stash or b"") <= len(bomb())
+            await asyncio.sleep(0)
+    resp.close()
+    assert size == 64 * 1024 * 1024
+    # Inflated until past the high-water mark, a step at a time: never 64 MiB at once.
+    assert largest <= wire._HIGH_WATER + wire._INFLATE_STEP
+    # The body ended (all of it in) while most of it was still to inflate: its
+    # connection went back to the pool at once, and serves the next request.
+    _, body = await fetch(client, up.url())
+    assert body == b"ok"
+    assert len(up.peers) == 1
+
+
+async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_it(
+    serve: Serve, client: wire.Client
+) -> None:
+    go = asyncio.Event()
+    up = await _serve_bomb(serve, go)
+    resp = await call(client, up.url())
+    got: list[int] = []
+
+    def sink(piece: bytes) -> None:
+        got.append(len(piece))
+        resp.pause()  # the reader's client is slow: after every piece
+
+    done = resp.push(sink)
+    go.set()
+    await asyncio.sleep(0.05)
+    assert len(got) == 1, "held after the first step: nothing more inflated"
+    async with asyncio.timeout(20):
+        while not done.done():
+            n = len(got)
+            resp.resume()  # one more step, then held again
+            assert len(got) <= n + 1
+            await asyncio.sleep(0)
+    assert done.result() is True
+    assert max(got) <= wire._INFLATE_STEP
+    assert sum(got) == 64 * 1024 * 1024
+    resp.close()
