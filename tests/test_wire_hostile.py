@@ -8,6 +8,7 @@ import random
 import socket
 
 import pytest
+from hostile import CASES, AiohttpDriver, Case, SeamlineDriver, run
 from peers import (
     CHUNKED,
     LAST_CHUNK,
@@ -32,6 +33,30 @@ from proxy import wire
 from proxy.errors import UpstreamProtocolError
 
 __all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_each_hostile_upstream_gets_the_verdict_the_corpus_gives_seamline(
+    case: Case,
+) -> None:
+    driver = SeamlineDriver(within=5)
+    try:
+        outcome = await run(case, driver)
+    finally:
+        await driver.close()
+    assert outcome.verdict == case.seamline, outcome.detail()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_aiohttp_against_the_same_corpus_does_what_was_recorded(case: Case) -> None:
+    """Not a test of seamline: it keeps the comparison with aiohttp true. Should an
+    aiohttp upgrade change a verdict, update ``Case.aiohttp`` (and the README)."""
+    driver = AiohttpDriver(within=1.5)
+    try:
+        outcome = await run(case, driver)
+    finally:
+        await driver.close()
+    assert outcome.verdict == case.aiohttp, outcome.detail()
 
 
 # -- the pool -------------------------------------------------------------------------
