@@ -31,7 +31,7 @@ from peers import (
     split,
 )
 
-from proxy import wire
+from proxy import wire, wire_conn
 from proxy.errors import (
     UpstreamError,
     UpstreamProtocolError,
@@ -470,7 +470,7 @@ async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
 async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
     serve: Serve, client: wire.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wire, "_GRACE", 0.1)
+    monkeypatch.setattr(wire_conn, "_GRACE", 0.1)
     go = asyncio.Event()
 
     async def handler(peer: Peer) -> None:
@@ -544,14 +544,14 @@ async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
     resp.close()
     assert b"".join(parts) == data
     # Reading stops past the high-water mark: at most one socket read more comes in.
-    assert max(map(len, parts)) <= wire._HIGH_WATER + 256 * 1024
+    assert max(map(len, parts)) <= wire_conn._HIGH_WATER + 256 * 1024
 
 
 # -- failures -------------------------------------------------------------------------
 
 
 async def test_response_head_over_64_kib_is_refused(serve: Serve, client: wire.Client) -> None:
-    big = b"a" * (wire._MAX_HEAD + 1)
+    big = b"a" * (wire_conn._MAX_HEAD + 1)
     up = await serve(answering(b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 0\r\n\r\n" % big))
     with pytest.raises(UpstreamProtocolError, match="exceeds"):
         await call(client, up.url())

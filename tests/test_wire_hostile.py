@@ -29,7 +29,7 @@ from peers import (
     serve,
 )
 
-from proxy import wire
+from proxy import wire, wire_conn
 from proxy.errors import UpstreamProtocolError
 
 __all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
@@ -164,7 +164,7 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
     rng = random.Random(13)
     pieces = [bytes([97 + i % 26]) for i in range(200_000)]
     framed = chunks(*pieces) + LAST_CHUNK
-    assert len(framed) - len(pieces) > 15 * wire._MAX_HEAD
+    assert len(framed) - len(pieces) > 15 * wire_conn._MAX_HEAD
     cuts = sorted(rng.sample(range(1, len(framed)), 2_000))
     writes = [framed[a:b] for a, b in zip([0, *cuts], [*cuts, len(framed)], strict=True)]
 
@@ -350,7 +350,7 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
     resp.close()
     assert size == 64 * 1024 * 1024
     # Inflated until past the high-water mark, a step at a time: never 64 MiB at once.
-    assert largest <= wire._HIGH_WATER + wire._INFLATE_STEP
+    assert largest <= wire_conn._HIGH_WATER + wire_conn._INFLATE_STEP
     # The body ended (all of it in) while most of it was still to inflate: its
     # connection went back to the pool at once, and serves the next request.
     _, body = await fetch(client, up.url())
@@ -381,6 +381,6 @@ async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_
             assert len(got) <= n + 1
             await asyncio.sleep(0)
     assert done.result() is True
-    assert max(got) <= wire._INFLATE_STEP
+    assert max(got) <= wire_conn._INFLATE_STEP
     assert sum(got) == 64 * 1024 * 1024
     resp.close()
