@@ -17,14 +17,19 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from yarl import URL
 
+from .egress import ProxyURL
 from .errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnreachable
 from .wire_conn import NO_HEADERS, Conn, PoolKey, Response, Stale
+from .wire_tunnel import Handshake, authority, connect_request
 
 __all__ = ["NO_HEADERS", "Client", "Response"]
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 _DNS_TTL = 300.0  # seconds an upstream host's looked-up addresses are used
 
@@ -78,41 +83,88 @@ class Client:
         return None
 
     async def _connect(self, key: PoolKey, within: float) -> Conn:
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
+        """A new connection for ``key``: straight to the upstream, to the proxy (an
+        http upstream: requests then go in absolute form), or through a CONNECT tunnel
+        (an https upstream behind a proxy: TLS to the upstream, verified by its name,
+        inside the tunnel). ``within`` covers all of it."""
+        scheme, host, port, proxy = key
         context: ssl.SSLContext | None = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
+        via = f" (through proxy {proxy.label})" if proxy is not None else ""
         try:
             async with asyncio.timeout(within or None):
-                failure: OSError | None = None
-                for address in await self._addresses(host, port):
-                    try:
-                        _, conn = await loop.create_connection(
-                            lambda: Conn(self, key),
-                            address,
-                            port,
-                            ssl=context,
-                            server_hostname=host if context is not None else None,
-                        )
-                    except ssl.SSLError:
-                        raise
-                    except OSError as exc:
-                        failure = exc
-                        continue
+                if proxy is None:
+                    name = host if context is not None else None
+                    _, conn = await self._open(lambda: Conn(self, key), host, port, context, name)
                     return conn
-                assert failure is not None
-                raise failure
+                if context is None:
+                    _, conn = await self._open(
+                        lambda: Conn(self, key), proxy.host, proxy.port, None, None
+                    )
+                    return conn
+                return await self._tunnel(key, proxy, context)
         except TimeoutError:
-            raise UpstreamTimeout(f"upstream connect timed out after {within:g}s") from None
+            raise UpstreamTimeout(f"upstream connect timed out after {within:g}s{via}") from None
         except ssl.SSLError as exc:
             reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}") from exc
+            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}{via}") from exc
         except OSError as exc:
+            # Behind a proxy, only the proxy (and the tunnel through it) was talked to.
+            where = f"proxy {proxy.label}: " if proxy is not None else ""
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise UpstreamUnreachable(f"upstream unreachable: {reason}") from exc
+            raise UpstreamUnreachable(f"upstream unreachable: {where}{reason}") from exc
+
+    async def _open(
+        self,
+        factory: Callable[[], _P],
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> tuple[asyncio.Transport, _P]:
+        """A connection to ``host``, each of its addresses tried in turn."""
+        loop = asyncio.get_running_loop()
+        failure: OSError | None = None
+        for address in await self._addresses(host, port):
+            try:
+                transport, protocol = await loop.create_connection(
+                    factory, address, port, ssl=context, server_hostname=server_hostname
+                )
+            except ssl.SSLError:
+                raise
+            except OSError as exc:
+                failure = exc
+                continue
+            return transport, protocol
+        assert failure is not None
+        raise failure
+
+    async def _tunnel(self, key: PoolKey, proxy: ProxyURL, context: ssl.SSLContext) -> Conn:
+        _, host, port, _ = key
+        transport, shake = await self._open(
+            lambda: Handshake(proxy), proxy.host, proxy.port, None, None
+        )
+        conn = Conn(self, key)
+        try:
+            transport.write(connect_request(host, port, proxy))
+            status, reason = await shake.answer
+            if not 200 <= status < 300:
+                raise UpstreamUnreachable(
+                    f"upstream unreachable: proxy {proxy.label} refused CONNECT to"
+                    f" {authority(host, port)}: {status} {reason}".rstrip()
+                )
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, conn, context, server_hostname=host
+            )
+        except BaseException:
+            transport.abort()
+            raise
+        assert tls is not None
+        conn.connection_made(tls)
+        return conn
 
     async def _addresses(self, host: str, port: int) -> list[str]:
         """The addresses of ``host``, looked up once per ``_DNS_TTL`` and once for all
@@ -158,19 +210,24 @@ class Client:
         connect: float,
         head: float,
         total: float,
+        proxy: ProxyURL | None = None,
     ) -> Response:
         """Send the request; return the answer once its headers are in.
 
         The caller owns the answer and must ``close()`` it. ``head``: seconds to wait
-        for the headers; ``total``: seconds the whole answer may take (0: no limit).
+        for the headers; ``total``: seconds the whole answer may take (0: no limit);
+        ``proxy``: the HTTP proxy to go through (see :mod:`.egress`), None for direct.
         """
         target = URL(url, encoded=True)
         scheme = target.scheme
         if scheme not in ("http", "https") or not target.raw_host:
             raise UpstreamUnreachable(f"upstream URL is not http(s): {scheme}://...")
         port = target.port or (443 if scheme == "https" else 80)
-        key = (scheme, target.raw_host, port)
-        data = _serialize(method, target, port, headers, body)
+        key = (scheme, target.raw_host, port, proxy)
+        # Through a proxy, an http request names its whole URL (and carries the proxy's
+        # credentials); an https one goes through a tunnel as it would go direct.
+        forward = proxy if scheme == "http" else None
+        data = _serialize(method, target, port, headers, body, forward)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + head if head else None
         for attempt in range(2):
@@ -209,6 +266,14 @@ class Client:
             except BaseException:
                 resp.close()
                 raise
+            if forward is not None and resp.status == 407:
+                # Only a proxy asks for proxy credentials: it is seamline's own setup
+                # that failed, not the upstream's answer to relay.
+                resp.close()
+                raise UpstreamUnreachable(
+                    f"upstream unreachable: proxy {forward.label} refused the request:"
+                    " 407 Proxy Authentication Required"
+                )
             return resp
         raise UpstreamProtocolError("upstream closed the connection unexpectedly")
 
@@ -237,15 +302,25 @@ def _replayable(method: str, headers: Mapping[str, str]) -> bool:
     return any(name.lower() in ("idempotency-key", "x-idempotency-key") for name in headers)
 
 
-def _serialize(method: str, url: URL, port: int, headers: Mapping[str, str], body: bytes) -> bytes:
+def _serialize(
+    method: str,
+    url: URL,
+    port: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    forward: ProxyURL | None = None,
+) -> bytes:
     host = url.raw_host or ""
     if ":" in host:
         host = f"[{host}]"
     if port != (443 if url.scheme == "https" else 80):
         host = f"{host}:{port}"
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1"]
+    target = url.raw_path_qs if forward is None else f"http://{host}{url.raw_path_qs}"
+    lines = [f"{method} {target} HTTP/1.1"]
     if "Host" not in headers:
         lines.append(f"Host: {host}")
+    if forward is not None and forward.authorization:
+        lines.append(f"Proxy-Authorization: {forward.authorization}")
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise UpstreamError(f"header {name!r} holds a line break")

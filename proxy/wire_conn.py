@@ -17,9 +17,12 @@ from typing import Any, Protocol, TypeAlias, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .egress import ProxyURL
 from .errors import UpstreamError, UpstreamProtocolError
 
-PoolKey: TypeAlias = tuple[str, str, int]  # what pooled connections are kept apart by
+# What pooled connections are kept apart by: scheme, host, port, and the proxy they go
+# through (None: direct), so that a proxied and a direct connection never mix.
+PoolKey: TypeAlias = tuple[str, str, int, ProxyURL | None]
 
 
 class Pool(Protocol):

@@ -6,13 +6,10 @@ import asyncio
 import gzip
 import random
 import socket
-import ssl
-import subprocess
 import zlib
 from collections.abc import Callable
 
 import pytest
-from aiohttp import web
 from peers import (
     CHUNKED,
     LAST_CHUNK,
@@ -29,6 +26,8 @@ from peers import (
     read_all,
     serve,
     split,
+    tls_files,
+    tls_upstream,
 )
 
 from proxy import wire, wire_conn
@@ -39,7 +38,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 
-__all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
+__all__ = ["client", "serve", "tls_files"]  # fixtures, imported to be found by pytest
 
 COMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": gzip.compress,
@@ -755,51 +754,13 @@ async def test_host_header_of_an_ipv6_upstream_is_bracketed(
 # ---------------------------------------------------------------- TLS and names
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = str(where / "cert.pem"), str(where / "key.pem")
-    subprocess.run(
-        [
-            *(
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ),
-            *("-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"),
-            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def _tls_upstream(cert: str, key: str) -> tuple[web.AppRunner, int]:
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text=f"tls {request.host}")
-
-    app = web.Application()
-    app.router.add_get("/hello", hello)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-    return runner, int(runner.addresses[0][1])
-
-
 async def test_an_https_upstream_is_verified_by_name_and_answers(
     tls_files: tuple[str, str], client: wire.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # what the default context trusts
-    runner, port = await _tls_upstream(cert, key)
+    tls = await tls_upstream(cert, key)
+    runner, port = tls.runner, tls.port
     try:
         # "localhost" may be looked up as ::1 first, where nothing listens: the next
         # address is tried.
@@ -817,7 +778,8 @@ async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
     monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
-    runner, port = await _tls_upstream(cert, key)
+    tls = await tls_upstream(cert, key)
+    runner, port = tls.runner, tls.port
     try:
         with pytest.raises(UpstreamUnreachable, match=r"TLS failed: .*certificate"):
             await fetch(client, f"https://localhost:{port}/hello")

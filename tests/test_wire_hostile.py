@@ -298,7 +298,7 @@ async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_ne
 
     up = await serve(first_then_ok(handler))
     await fetch(client, up.url())
-    conn = next(iter(client._idle[("http", "127.0.0.1", up.port)]))
+    conn = next(iter(client._idle[("http", "127.0.0.1", up.port, None)]))
     assert conn.transport is not None
     # Dead for writing, and nothing to read yet: the pool cannot tell until the write
     # fails (EPIPE), before any byte of the request reached the upstream.
