@@ -228,7 +228,8 @@ class Router:
                     base_url = acc.base_url or oauth.base_url
                 headers = up.request_headers(client_headers, acc, outcome.request_id, token)
                 url = up.target_url(base_url, tail, query)
-                resp = await up.send(client, method, url, headers, body, timeouts)
+                proxy = self.config.proxy_for(acc, url)
+                resp = await up.send(client, method, url, headers, body, timeouts, proxy)
             except OAuthRevoked as exc:
                 self._disable(st, exc.message, persist=True, outcome=outcome)
                 raise

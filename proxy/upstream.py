@@ -9,6 +9,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import AccountConfig, Timeouts
+from .egress import ProxyURL
 from .errors import UpstreamTimeout
 from .wire import Client, Response
 
@@ -117,10 +118,10 @@ async def send(
     headers: CIMultiDict[str],
     body: bytes,
     timeouts: Timeouts,
+    proxy: ProxyURL | None = None,
 ) -> Response:
-    """Send the request; return the response once its headers are in.
-
-    The caller owns the response and must close it.
+    """Send the request (through ``proxy`` when given); return the response once its
+    headers are in. The caller owns the response and must close it.
     """
     return await client.request(
         method,
@@ -130,6 +131,7 @@ async def send(
         connect=timeouts.connect,
         head=timeouts.headers,
         total=timeouts.total,
+        proxy=proxy,
     )
 
 
