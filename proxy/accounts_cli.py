@@ -115,6 +115,7 @@ async def login(
                 client_id=acc.client_id or DEFAULT_CLIENT_ID,
                 out=out,
                 sleep=sleep,
+                proxy_for=lambda url: config.proxy_for(acc, url),
             )
         except OAuthError as exc:
             print(f"seamline: login failed: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load
+from .config import AccountConfig, Config, ConfigError, load
+from .egress import describe
 from .logs import configure, get_logger
 from .runtime import SPARE_FILES
 
@@ -94,7 +95,8 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
         h, p = addr[0], addr[1]
         h = f"[{h}]" if ":" in h else h  # an IPv6 address needs brackets in a URL
         print(f"seamline listening on http://{h}:{p}/v1", file=sys.stderr, flush=True)
-    print("accounts: " + ", ".join(a.name for a in config.accounts), file=sys.stderr, flush=True)
+    shown = ", ".join(_shown(config, a) for a in config.accounts)
+    print("accounts: " + shown, file=sys.stderr, flush=True)
     if not config.server.api_keys:
         log.warning("no_client_auth", detail="server.api_keys is empty: any client may use it")
     try:
@@ -107,6 +109,12 @@ async def _serve(config: Config, host: str | None, port: int | None) -> None:
         await drain(runner, hurry=hurry)
     finally:
         await runner.cleanup()
+
+
+def _shown(config: Config, account: AccountConfig) -> str:
+    """An account's name, and the proxy its calls go through when they go through one."""
+    how = describe(account.proxy, config.env_proxies, account.base_url)
+    return account.name if how.startswith("direct") else f"{account.name} (through {how})"
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

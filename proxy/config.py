@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .egress import DIRECT, EnvProxies, ProxyURL, Setting, from_env, parse_proxy, route
+
 T = TypeVar("T")
 
 
@@ -75,6 +77,8 @@ class AccountConfig:
     quota_reset: tuple[int, int, str] = (0, 0, "UTC")
     force_stream: bool = False
     timeouts: Timeouts | None = None  # overrides of the global [timeouts]
+    # An HTTP proxy, DIRECT ("direct": none), or None: the environment decides.
+    proxy: Setting = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     aliases: Mapping[str, str] = field(default_factory=dict)
     state: StateConfig = StateConfig()
+    env_proxies: EnvProxies = field(default_factory=EnvProxies)  # HTTPS_PROXY and friends
 
     @property
     def state_path(self) -> str:
@@ -124,7 +129,16 @@ class Config:
             out.append(self.server.admin_key)
         if password := urlsplit(self.state.url).password:
             out.append(password)
+        env = self.env_proxies
+        proxies = [a.proxy for a in self.accounts] + [env.http, env.https]
+        for proxy in proxies:
+            if isinstance(proxy, ProxyURL):
+                out.extend(proxy.secrets())
         return out
+
+    def proxy_for(self, account: AccountConfig, url: str) -> ProxyURL | None:
+        """The proxy a call of ``account`` to ``url`` goes through; None: direct."""
+        return route(account.proxy, self.env_proxies, url)
 
     def timeouts_for(self, account: AccountConfig) -> Timeouts:
         return account.timeouts or self.timeouts
@@ -332,6 +346,30 @@ def _quota_reset(r: _Reader) -> tuple[int, int, str]:
     return hour, minute, zone
 
 
+def _proxy(r: _Reader, env: Mapping[str, str]) -> Setting:
+    """``proxy`` (or ``proxy_env``, the name of a variable holding it): an HTTP proxy URL
+    or "direct"; absent, the environment's proxies apply."""
+    name = "proxy"
+    if "proxy_env" in r.table:
+        r.check("proxy_env", "proxy" not in r.table, "give proxy or proxy_env, not both")
+        name = "proxy_env"
+        var = r.get("proxy_env", str, "")
+        text = env.get(var, "").strip()
+        r.check(name, bool(text), f"environment variable {var!r} is not set")
+    elif "proxy" in r.table:
+        text = r.get("proxy", str, "").strip()
+    else:
+        return None
+    if text.lower() == DIRECT:
+        return DIRECT
+    r.check(name, bool(text), 'is empty: give an HTTP proxy URL, or "direct" for none')
+    r.check(name, text.lower() not in ("none", "off", "no", "false"), 'say "direct" for none')
+    try:
+        return parse_proxy(text)
+    except ValueError as exc:
+        raise r.fail(name, str(exc)) from None
+
+
 def _count(r: _Reader, name: str, default: int) -> int:
     value = r.get(name, int, default)
     r.check(name, value >= 0, "must not be negative")
@@ -380,6 +418,7 @@ def _account(r: _Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountC
         quota_reset=_quota_reset(r),
         force_stream=r.get("force_stream", bool, False),
         timeouts=sub_timeouts,
+        proxy=_proxy(r, env),
     )
     r.done()
     return acc
@@ -454,6 +493,10 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
         raw = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer past Python's digit limit
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        env_proxies = from_env(env)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     root = _Reader(path, raw, "")
     server = _server(root.sub("server"), env)
     timeouts = _timeouts(root.sub("timeouts"), Timeouts())
@@ -482,6 +525,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
         routing=routing,
         aliases=aliases,
         state=state,
+        env_proxies=env_proxies,
     )
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 
+from .egress import ProxyURL
 from .errors import UpstreamError
 from .logs import get_logger
 
@@ -171,13 +172,32 @@ def write_credentials(path: str, data: Mapping[str, Any]) -> None:
 
 
 async def _post_form(
-    session: aiohttp.ClientSession, url: str, form: dict[str, str], what: str
+    session: aiohttp.ClientSession,
+    url: str,
+    form: dict[str, str],
+    what: str,
+    proxy: ProxyURL | None = None,
 ) -> tuple[int, dict[str, Any], str]:
-    """POST a form; return the status, the JSON object answered, and a line describing it."""
+    """POST a form (through ``proxy`` when given); return the status, the JSON object
+    answered, and a line describing it."""
     headers = {"Accept": "application/json"}
+    to_proxy: dict[str, str] | None = None
+    if proxy is not None and proxy.authorization:
+        # aiohttp sends proxy_headers on a CONNECT only; a forwarded http request
+        # carries the credentials itself. (aiohttp's BasicAuth is deprecated.)
+        if url.startswith("https:"):
+            to_proxy = {"Proxy-Authorization": proxy.authorization}
+        else:
+            headers["Proxy-Authorization"] = proxy.authorization
     try:
         async with session.post(
-            url, data=form, headers=headers, timeout=_HTTP_TIMEOUT, allow_redirects=False
+            url,
+            data=form,
+            headers=headers,
+            timeout=_HTTP_TIMEOUT,
+            allow_redirects=False,
+            proxy=str(proxy) if proxy is not None else None,
+            proxy_headers=to_proxy,
         ) as resp:
             status, raw = resp.status, await resp.read()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -206,10 +226,12 @@ class OAuthAccount:
         token_url: str = DEFAULT_TOKEN_URL,
         client_id: str = DEFAULT_CLIENT_ID,
         refresh_skew: float = 60.0,
+        proxy: ProxyURL | None = None,
     ) -> None:
         self.name = name
         self.path = os.path.abspath(os.path.expanduser(credentials_path))
         self.token_url = token_url
+        self.proxy = proxy  # what token calls go through, as the account's /v1 calls do
         self.client_id = client_id
         self.refresh_skew = refresh_skew
         self.disabled_reason: str | None = None
@@ -305,7 +327,7 @@ class OAuthAccount:
             "refresh_token": creds.refresh_token,
             "client_id": self.client_id,
         }
-        status, body, detail = await _post_form(session, self.token_url, form, what)
+        status, body, detail = await _post_form(session, self.token_url, form, what, self.proxy)
         if status in (400, 401) or _text(body.get("error")) in _REVOKING_ERRORS:
             reason = f"{what}: refresh token rejected ({detail}); log in again with `qwen`"
             self.disabled_reason = reason
@@ -368,8 +390,10 @@ async def device_login(
     out: TextIO = sys.stdout,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     clock: Callable[[], float] = time.time,
+    proxy_for: Callable[[str], ProxyURL | None] = lambda url: None,
 ) -> Credentials:
-    """Log in with the device-code flow (RFC 8628, with PKCE) and save the credentials."""
+    """Log in with the device-code flow (RFC 8628, with PKCE) and save the credentials.
+    ``proxy_for``: the proxy a call to a URL goes through (None: direct)."""
     what = "device login"
     verifier = secrets.token_urlsafe(48)  # 64 characters, within PKCE's 43..128
     form = {
@@ -378,7 +402,7 @@ async def device_login(
         "code_challenge": pkce_challenge(verifier),
         "code_challenge_method": "S256",
     }
-    status, body, detail = await _post_form(session, device_url, form, what)
+    status, body, detail = await _post_form(session, device_url, form, what, proxy_for(device_url))
     device_code, user_code = _text(body.get("device_code")), _text(body.get("user_code"))
     uri = _text(body.get("verification_uri"))
     if status != 200 or not (device_code and user_code and uri):
@@ -400,7 +424,9 @@ async def device_login(
         await sleep(interval)
         if clock() >= deadline:
             raise OAuthError(f"{what}: {_DEVICE_FINAL['expired_token']}")
-        status, body, detail = await _post_form(session, token_url, poll, what)
+        status, body, detail = await _post_form(
+            session, token_url, poll, what, proxy_for(token_url)
+        )
         error = body.get("error")
         if status == 200 and not error:
             break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from .egress import describe
 from .errors import NotFound
 from .metrics import CONTENT_TYPE
 from .middleware import check_client
@@ -71,5 +72,15 @@ async def metrics(request: Request) -> Reply:
 async def admin_accounts(request: Request) -> Reply:
     """Per-account state; protected by server.admin_key, and never shows a secret."""
     _admin(request)
-    body = {"accounts": request.app.runtime.router.pool.snapshot(time.time())}
-    return json_reply(body, indent=2)
+    router = request.app.runtime.router
+    rows = router.pool.snapshot(time.time())
+    env = router.config.env_proxies
+    accounts = router.accounts
+    for row in rows:
+        acc = accounts.get(row["name"])
+        if acc is not None:
+            oauth = router.oauth.get(acc.name)
+            url = acc.base_url or (oauth.base_url if oauth is not None else "")
+            # How its calls go out: a proxy as http://host:port, never its credentials.
+            row["proxy"] = describe(acc.proxy, env, url)
+    return json_reply({"accounts": rows}, indent=2)

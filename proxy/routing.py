@@ -314,9 +314,10 @@ class Router:
                     base_url = acc.base_url or oauth.base_url
                 headers = up.request_headers(client_headers, acc, outcome.request_id, token)
                 url = up.target_url(base_url, tail, query)
+                proxy = self.config.proxy_for(acc, url)
                 if tracer is not None:
                     _trace_request(tracer, acc.name, method, url, headers, body)
-                resp = await up.send(client, method, url, headers, body, timeouts)
+                resp = await up.send(client, method, url, headers, body, timeouts, proxy)
                 if tracer is not None:
                     tracer.debug(
                         "upstream_response",

@@ -80,6 +80,7 @@ def oauth_accounts(config: Config) -> dict[str, OAuthAccount]:
             acc.credentials,
             token_url=acc.token_url or DEFAULT_TOKEN_URL,
             client_id=acc.client_id or DEFAULT_CLIENT_ID,
+            proxy=config.proxy_for(acc, acc.token_url or DEFAULT_TOKEN_URL),
         )
         for acc in config.accounts
         if acc.kind == "qwen-oauth"

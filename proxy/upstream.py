@@ -12,6 +12,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from .config import AccountConfig, Timeouts
+from .egress import ProxyURL
 from .errors import UpstreamTimeout
 from .logs import redactor
 from .wire import Client, Response
@@ -199,10 +200,10 @@ async def send(
     headers: CIMultiDict[str],
     body: bytes,
     timeouts: Timeouts,
+    proxy: ProxyURL | None = None,
 ) -> Response:
-    """Send the request; return the response once its headers are in.
-
-    The caller owns the response and must close it.
+    """Send the request (through ``proxy`` when given); return the response once its
+    headers are in. The caller owns the response and must close it.
     """
     return await client.request(
         method,
@@ -212,6 +213,7 @@ async def send(
         connect=timeouts.connect,
         head=timeouts.headers,
         total=timeouts.total,
+        proxy=proxy,
     )
 
 

@@ -17,14 +17,12 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-import zlib
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TypeVar
 
-import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .egress import ProxyURL
 from .errors import (
     UpstreamConnectTimeout,
     UpstreamError,
@@ -32,455 +30,14 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from .wire_conn import NO_HEADERS, Conn, PoolKey, Response, Stale
+from .wire_tunnel import Handshake, authority, connect_request
 
-_MAX_HEAD = 64 * 1024  # an upstream's response head larger than this is refused
-# Pulled bodies: past this many bytes buffered and unread, stop reading the socket.
-_HIGH_WATER = 0x20000
-_NO_BODY = frozenset({204, 304})
+__all__ = ["NO_HEADERS", "Client", "Response"]
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
 _DNS_TTL = 300.0  # seconds an upstream host's looked-up addresses are used
-_GRACE = 1.0  # seconds a let-go body has to end for its connection to be kept
-
-
-class _Stale(UpstreamProtocolError):
-    """A reused keep-alive connection was closed before any byte of the answer: the
-    upstream dropped it while idle, so the request can go on a new one."""
-
-
-NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
-class Response:
-    """One upstream answer: status and headers, then the body, pulled or pushed."""
-
-    __slots__ = (
-        "_conn",
-        "_decoder",
-        "_draining",
-        "_ended",
-        "_exc",
-        "_head",
-        "_loop",
-        "_paused",
-        "_pieces",
-        "_pushed",
-        "_sink",
-        "_size",
-        "_timer",
-        "_waiter",
-        "content_type",
-        "headers",
-        "status",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._head: asyncio.Future[None] = loop.create_future()
-        self._conn: _Conn | None = None
-        self._pieces: list[bytes] = []  # a deque's first block alone is 600 bytes
-        self._size = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._ended = False  # the body is complete
-        self._draining = False  # the reader let go; the rest is read and dropped
-        self._exc: UpstreamError | None = None
-        self._sink: Callable[[bytes], None] | None = None
-        self._pushed: asyncio.Future[bool] | None = None
-        self._paused = False
-        self._decoder: Any = None
-        self._timer: asyncio.TimerHandle | None = None
-        self.status = 0
-        self.headers: CIMultiDictProxy[str] = NO_HEADERS
-        self.content_type = "application/octet-stream"
-
-    # -- the reader's side --------------------------------------------------------
-
-    async def read(self) -> bytes:
-        """Whatever body bytes have arrived (waiting for some), b"" at the end."""
-        while True:
-            if self._pieces:
-                data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
-                self._pieces.clear()
-                self._size = 0
-                if self._paused:
-                    self._paused = False
-                    if self._conn is not None:
-                        self._conn.resume()
-                return data
-            if self._exc is not None:
-                raise self._exc
-            if self._ended:
-                return b""
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-
-    def buffered(self) -> bool:
-        return bool(self._pieces)
-
-    def push(self, sink: Callable[[bytes], None]) -> asyncio.Future[bool]:
-        """From now on hand each piece of the body to ``sink`` as it arrives, inside the
-        socket's callback: no task switch per piece. ``sink`` must not raise; it ends
-        the push itself, with ``stop()`` or ``interrupt()``. Resolves True at the body's
-        end, False once stopped, or with the error that broke it. Call only with
-        nothing ``buffered()``."""
-        done: asyncio.Future[bool] = self._loop.create_future()
-        self._pushed = done
-        if self._exc is not None:
-            done.set_exception(self._exc)
-        elif self._ended:
-            done.set_result(True)
-        else:
-            self._sink = sink
-            if self._decoder is None and self._conn is not None:
-                self._conn.body = sink  # straight from the parser
-        return done
-
-    def stop(self) -> None:
-        """End a push early: the reader wants no more of the body."""
-        done = self._pushed
-        if done is not None and not done.done():
-            done.set_result(False)
-        self.let_finish()
-
-    def let_finish(self) -> None:
-        """The reader wants no more of the body: drop the rest as it arrives, and keep
-        the connection if the body ends within a moment (after a [DONE] only the
-        chunked encoding's last chunk is still to come), else close it."""
-        conn = self._conn
-        self._sink = None
-        if conn is None or self._ended or self._exc is not None or self._draining:
-            self.close()
-            return
-        self._draining = True
-        self._decoder = None
-        self._pieces.clear()
-        conn.body = _ignore
-        conn.resume()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(_GRACE, self._give_up)
-
-    def _give_up(self) -> None:
-        self._timer = None
-        self._draining = False
-        self.close()
-
-    def interrupt(self, exc: BaseException) -> None:
-        """End a push with ``exc``, a failure on the reader's side (its client left)."""
-        done = self._pushed
-        if done is not None and not done.done():
-            done.set_exception(exc)
-        self.close()
-
-    def pause(self) -> None:
-        """Stop reading the socket (the reader's client is not keeping up)."""
-        if self._conn is not None:
-            self._conn.pause()
-
-    def resume(self) -> None:
-        if self._conn is not None:
-            self._conn.resume()
-
-    def fail(self, exc: UpstreamError) -> None:
-        """End the answer with ``exc``: ``request`` raises it if the headers are still
-        to come (a ``total`` shorter than ``head``), else a pending or later read."""
-        self._broken(exc)
-
-    def close(self) -> None:
-        """Done with this answer. A connection with any of it left unread is closed;
-        one read to its end is back in the pool already."""
-        if self._draining:
-            return  # ``let_finish`` decides
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._sink = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.abort()
-
-    # -- the connection's side ----------------------------------------------------
-
-    def _wake(self) -> None:
-        done = self._pushed
-        if done is not None and not done.done():
-            if self._exc is not None:
-                done.set_exception(self._exc)
-            else:
-                done.set_result(True)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _piece(self, data: bytes) -> None:
-        if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error as exc:
-                self._broken(
-                    UpstreamProtocolError(f"upstream sent a corrupt compressed body: {exc}")
-                )
-                return
-            if not data:
-                return
-        sink = self._sink
-        if sink is not None:
-            sink(data)
-            return
-        if self._exc is not None or self._ended:
-            return
-        self._pieces.append(data)
-        self._size += len(data)
-        if self._size > _HIGH_WATER and not self._paused and self._conn is not None:
-            self._paused = True
-            self._conn.pause()
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _complete(self) -> None:
-        if self._decoder is not None:
-            tail = self._decoder.flush()
-            self._decoder = None
-            if tail:
-                self._piece(tail)
-        self._ended = True
-        self._draining = False
-        self._conn = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._wake()
-
-    def _broken(self, exc: UpstreamError) -> None:
-        if self._ended or self._exc is not None:
-            return
-        self._exc = exc
-        self._draining = False
-        if not self._head.done():
-            self._head.set_exception(exc)
-            self._head.exception()  # a failure before the headers is raised by send
-        self._wake()
-        self.close()
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection to an upstream, answering one request at a time."""
-
-    __slots__ = (
-        "_before_head",
-        "_client",
-        "_got",
-        "_head_bytes",
-        "_head_only",
-        "_parser",
-        "_raw_headers",
-        "_reading",
-        "_until_close",
-        "body",
-        "closed",
-        "idle_timer",
-        "key",
-        "response",
-        "reused",
-        "transport",
-    )
-
-    def __init__(self, client: Client, key: tuple[str, str, int]) -> None:
-        self._client = client
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self.response: Response | None = None
-        # Where the parser's body pieces go: the answer's ``_piece``, or a push's sink.
-        self.body: Callable[[bytes], None] = _ignore
-        self.reused = False
-        self._got = False  # any byte of the current answer arrived
-        # Bytes of the current answer received while its head is still to end; -1 after.
-        self._before_head = 0
-        self._head_only = False
-        self._head_bytes = 0
-        self._raw_headers: list[tuple[str, str]] = []
-        self._until_close = False
-        self._reading = True
-        self.idle_timer: asyncio.TimerHandle | None = None
-        self.closed = False
-
-    # -- asyncio.Protocol -----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio's, but they are ones.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        resp = self.response
-        if resp is None:
-            # Nothing was asked: an idle connection that talks is not one to reuse.
-            self.abort()
-            return
-        self._got = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            # A callback's own refusal (a head too large) comes wrapped by the parser.
-            cause = exc.__context__
-            self._fail(
-                cause
-                if isinstance(cause, UpstreamError)
-                else UpstreamProtocolError(f"upstream sent an invalid response: {exc}")
-            )
-            return
-        if self._before_head >= 0:
-            # ``on_header`` only sees a field once it ends: a head that keeps growing
-            # without ending is refused here.
-            self._before_head += len(data)
-            if self._before_head > _MAX_HEAD:
-                self._fail(
-                    UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
-                )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._client.forget(self)
-        resp = self.response
-        if resp is None:
-            return
-        self._let_go()
-        if resp._head.done() and self._until_close:
-            resp._complete()  # a body framed by the connection's end has ended
-        elif not resp._head.done() and not self._got and self.reused:
-            resp._broken(_Stale("upstream closed the connection unexpectedly"))
-        elif not resp._head.done():
-            resp._broken(UpstreamProtocolError("upstream closed the connection unexpectedly"))
-        else:
-            resp._broken(
-                UpstreamProtocolError(
-                    "upstream response body is broken: the connection was lost mid-body"
-                )
-            )
-
-    def pause_writing(self) -> None:  # the request body is written in one go
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-    # -- httptools callbacks --------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self.response is None:
-            # More bytes after the answer, in the same read: not a connection to reuse.
-            self.abort()
-        self._raw_headers = []
-        self._head_bytes = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > _MAX_HEAD:
-            raise UpstreamProtocolError(f"upstream response head exceeds {_MAX_HEAD} bytes")
-        self._raw_headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        resp = self.response
-        status = self._parser.get_status_code()
-        raw, self._raw_headers = self._raw_headers, []
-        if resp is None or 100 <= status < 200:
-            return  # 100 Continue, 103 Early Hints: the answer is still to come
-        headers = CIMultiDict(raw)
-        self._before_head = -1
-        resp.status = status
-        resp.headers = CIMultiDictProxy(headers)
-        ctype = headers.get("Content-Type")
-        if ctype:
-            resp.content_type = ctype.split(";", 1)[0].strip().lower()
-        encoding = headers.get("Content-Encoding", "").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            resp._decoder = zlib.decompressobj(47)  # 32 + 15: zlib or gzip header
-        elif encoding not in ("", "identity"):
-            raise UpstreamProtocolError(
-                f"upstream sent a body encoded as {encoding!r}, which seamline cannot read"
-            )
-        self._until_close = (
-            "Content-Length" not in headers
-            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
-            and status not in _NO_BODY
-        )
-        resp._head.set_result(None)
-        if self._head_only:
-            # httptools cannot be told that a HEAD answer has no body: end it here and
-            # do not reuse the connection.
-            self._let_go()
-            resp._complete()
-            self.abort()
-
-    def on_body(self, body: bytes) -> None:
-        self.body(body)
-
-    def on_message_complete(self) -> None:
-        resp = self.response
-        if resp is None or not resp._head.done():
-            return  # the end of a 1xx
-        self._let_go()
-        keep = self._parser.should_keep_alive() and not self.closed and not resp._exc
-        resp._complete()
-        if keep:
-            self._client.put(self)
-        else:
-            self.abort()
-
-    # -- seamline's side ------------------------------------------------------------
-
-    def start(self, resp: Response, request: bytes, head_only: bool) -> None:
-        self.response = resp
-        self.body = resp._piece
-        resp._conn = self
-        self._got = False
-        self._before_head = 0
-        self._head_only = head_only
-        self._until_close = False
-        assert self.transport is not None
-        if not self._reading:
-            self.resume()
-        self.transport.write(request)
-
-    def _let_go(self) -> Response | None:
-        """The current answer, which this connection no longer feeds."""
-        resp, self.response = self.response, None
-        self.body = _ignore
-        return resp
-
-    def pause(self) -> None:
-        if self._reading and self.transport is not None and not self.closed:
-            self._reading = False
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if not self._reading and self.transport is not None and not self.closed:
-            self._reading = True
-            self.transport.resume_reading()
-
-    def _fail(self, exc: UpstreamError) -> None:
-        resp = self._let_go()
-        if resp is not None:
-            resp._broken(exc)
-        self.abort()
-
-    def abort(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-        resp = self._let_go()
-        if resp is not None:
-            resp._conn = None
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.abort()
-            self._client.forget(self)
-
-
-def _ignore(data: bytes) -> None:
-    return None
 
 
 class Client:
@@ -494,73 +51,128 @@ class Client:
         self._keepalive = keepalive
         # Per upstream, its idle connections: a dict as an ordered set, so that a closing
         # one leaves in O(1) and the most recently used one is taken first.
-        self._idle: dict[tuple[str, str, int], dict[_Conn, None]] = {}
+        self._idle: dict[PoolKey, dict[Conn, None]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._resolving: dict[tuple[str, int], asyncio.Task[list[str]]] = {}
 
-    def put(self, conn: _Conn) -> None:
+    def put(self, conn: Conn) -> None:
         if conn.closed:
             return
+        # Idle connections are read: whatever their upstream sends unasked (or its
+        # close) is seen at once and closes them. A pulled body's last read may have
+        # paused reading; left paused, the bytes would wait for the next request.
+        conn.resume()
         conn.reused = True
         self._idle.setdefault(conn.key, {})[conn] = None
         loop = asyncio.get_running_loop()
         conn.idle_timer = loop.call_later(self._keepalive, conn.abort)
 
-    def forget(self, conn: _Conn) -> None:
+    def forget(self, conn: Conn) -> None:
         idle = self._idle.get(conn.key)
         if idle:
             idle.pop(conn, None)
 
-    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
+    def _take(self, key: PoolKey) -> Conn | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.popitem()[0]
             if conn.idle_timer is not None:
                 conn.idle_timer.cancel()
                 conn.idle_timer = None
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            if conn.stirred():
+                conn.abort()  # unasked bytes, a close or a reset the loop has not seen yet
+                continue
+            return conn
         return None
 
-    async def _connect(self, key: tuple[str, str, int], within: float) -> _Conn:
-        scheme, host, port = key
-        loop = asyncio.get_running_loop()
+    async def _connect(self, key: PoolKey, within: float) -> Conn:
+        """A new connection for ``key``: straight to the upstream, to the proxy (an
+        http upstream: requests then go in absolute form), or through a CONNECT tunnel
+        (an https upstream behind a proxy: TLS to the upstream, verified by its name,
+        inside the tunnel). ``within`` covers all of it."""
+        scheme, host, port, proxy = key
         context: ssl.SSLContext | None = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
+        via = f" (through proxy {proxy.label})" if proxy is not None else ""
         try:
             async with asyncio.timeout(within or None):
-                failure: OSError | None = None
-                for address in await self._addresses(host, port):
-                    try:
-                        _, conn = await loop.create_connection(
-                            lambda: _Conn(self, key),
-                            address,
-                            port,
-                            ssl=context,
-                            server_hostname=host if context is not None else None,
-                        )
-                    except ssl.SSLError:
-                        raise
-                    except OSError as exc:
-                        failure = exc
-                        continue
+                if proxy is None:
+                    name = host if context is not None else None
+                    _, conn = await self._open(lambda: Conn(self, key), host, port, context, name)
                     return conn
-                assert failure is not None
-                raise failure
+                if context is None:
+                    _, conn = await self._open(
+                        lambda: Conn(self, key), proxy.host, proxy.port, None, None
+                    )
+                    return conn
+                return await self._tunnel(key, proxy, context)
         except TimeoutError:
             raise UpstreamConnectTimeout(
-                f"upstream connect timed out after {within:g}s"
+                f"upstream connect timed out after {within:g}s{via}"
             ) from None
         except ssl.SSLError as exc:
             reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}") from exc
+            raise UpstreamUnreachable(f"upstream unreachable: TLS failed: {reason}{via}") from exc
         except OSError as exc:
+            # Behind a proxy, only the proxy (and the tunnel through it) was talked to.
+            where = f"proxy {proxy.label}: " if proxy is not None else ""
             reason = exc.strerror or str(exc) or type(exc).__name__
-            raise UpstreamUnreachable(f"upstream unreachable: {reason}") from exc
+            raise UpstreamUnreachable(f"upstream unreachable: {where}{reason}") from exc
+
+    async def _open(
+        self,
+        factory: Callable[[], _P],
+        host: str,
+        port: int,
+        context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> tuple[asyncio.Transport, _P]:
+        """A connection to ``host``, each of its addresses tried in turn."""
+        loop = asyncio.get_running_loop()
+        failure: OSError | None = None
+        for address in await self._addresses(host, port):
+            try:
+                transport, protocol = await loop.create_connection(
+                    factory, address, port, ssl=context, server_hostname=server_hostname
+                )
+            except ssl.SSLError:
+                raise
+            except OSError as exc:
+                failure = exc
+                continue
+            return transport, protocol
+        assert failure is not None
+        raise failure
+
+    async def _tunnel(self, key: PoolKey, proxy: ProxyURL, context: ssl.SSLContext) -> Conn:
+        _, host, port, _ = key
+        transport, shake = await self._open(
+            lambda: Handshake(proxy), proxy.host, proxy.port, None, None
+        )
+        conn = Conn(self, key)
+        try:
+            transport.write(connect_request(host, port, proxy))
+            status, reason = await shake.answer
+            if not 200 <= status < 300:
+                raise UpstreamUnreachable(
+                    f"upstream unreachable: proxy {proxy.label} refused CONNECT to"
+                    f" {authority(host, port)}: {status} {reason}".rstrip()
+                )
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, conn, context, server_hostname=host
+            )
+        except BaseException:
+            transport.abort()
+            raise
+        assert tls is not None
+        conn.connection_made(tls)
+        return conn
 
     async def _addresses(self, host: str, port: int) -> list[str]:
         """The addresses of ``host``, looked up once per ``_DNS_TTL`` and once for all
@@ -606,19 +218,24 @@ class Client:
         connect: float,
         head: float,
         total: float,
+        proxy: ProxyURL | None = None,
     ) -> Response:
         """Send the request; return the answer once its headers are in.
 
         The caller owns the answer and must ``close()`` it. ``head``: seconds to wait
-        for the headers; ``total``: seconds the whole answer may take (0: no limit).
+        for the headers; ``total``: seconds the whole answer may take (0: no limit);
+        ``proxy``: the HTTP proxy to go through (see :mod:`.egress`), None for direct.
         """
         target = URL(url, encoded=True)
         scheme = target.scheme
         if scheme not in ("http", "https") or not target.raw_host:
             raise UpstreamUnreachable(f"upstream URL is not http(s): {scheme}://...")
         port = target.port or (443 if scheme == "https" else 80)
-        key = (scheme, target.raw_host, port)
-        data = _serialize(method, target, port, headers, body)
+        key = (scheme, target.raw_host, port, proxy)
+        # Through a proxy, an http request names its whole URL (and carries the proxy's
+        # credentials); an https one goes through a tunnel as it would go direct.
+        forward = proxy if scheme == "http" else None
+        data = _serialize(method, target, port, headers, body, forward)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + head if head else None
         for attempt in range(2):
@@ -643,14 +260,28 @@ class Client:
                 raise UpstreamTimeout(
                     f"upstream sent no response headers within {head:g}s"
                 ) from None
-            except UpstreamError as exc:
+            except Stale as exc:
                 resp.close()
-                if isinstance(exc, _Stale):
+                if exc.unsent or _replayable(method, headers):
                     continue
+                raise UpstreamProtocolError(
+                    "upstream closed the connection unexpectedly (the request is not sent"
+                    " again: the upstream may have acted on it)"
+                ) from None
+            except UpstreamError:
+                resp.close()
                 raise
             except BaseException:
                 resp.close()
                 raise
+            if forward is not None and resp.status == 407:
+                # Only a proxy asks for proxy credentials: it is seamline's own setup
+                # that failed, not the upstream's answer to relay.
+                resp.close()
+                raise UpstreamUnreachable(
+                    f"upstream unreachable: proxy {forward.label} refused the request:"
+                    " 407 Proxy Authentication Required"
+                )
             return resp
         raise UpstreamProtocolError("upstream closed the connection unexpectedly")
 
@@ -661,15 +292,43 @@ class Client:
         self._idle.clear()
 
 
-def _serialize(method: str, url: URL, port: int, headers: Mapping[str, str], body: bytes) -> bytes:
+# When a request may go again on a new connection, after a reused one closed before
+# any byte of the answer: Go's net/http rule (Transport, shouldRetryRequest). The
+# upstream may have read the request and acted on it before closing (or crashing), and
+# a POST sent twice is a completion paid for twice. So a request goes again only when
+# it is known the upstream could not have read it (the write found the connection
+# closed or reset: ``Stale.unsent``), or when it is replayable: a method that does not
+# change anything, or a request whose client vouches for replays with an idempotency
+# key. A request on a new connection is never sent again: nothing hints that a second
+# one would fare better.
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _replayable(method: str, headers: Mapping[str, str]) -> bool:
+    if method in _REPLAYABLE:
+        return True
+    return any(name.lower() in ("idempotency-key", "x-idempotency-key") for name in headers)
+
+
+def _serialize(
+    method: str,
+    url: URL,
+    port: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    forward: ProxyURL | None = None,
+) -> bytes:
     host = url.raw_host or ""
     if ":" in host:
         host = f"[{host}]"
     if port != (443 if url.scheme == "https" else 80):
         host = f"{host}:{port}"
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1"]
+    target = url.raw_path_qs if forward is None else f"http://{host}{url.raw_path_qs}"
+    lines = [f"{method} {target} HTTP/1.1"]
     if "Host" not in headers:
         lines.append(f"Host: {host}")
+    if forward is not None and forward.authorization:
+        lines.append(f"Proxy-Authorization: {forward.authorization}")
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise UpstreamError(f"header {name!r} holds a line break")

@@ -182,9 +182,28 @@ def text_of(chunks: list[Any]) -> str:
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
+_PROXY_VARIABLES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's upstreams are on loopback: the proxy settings of whoever runs it must
+    not route them (nor the processes tests start, nor the openai client) through a
+    proxy. Tests that want proxies set them."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 # Modules whose tests also run on uvloop, the loop seamline serves on: their code
 # works the transports directly, and uvloop's differ from asyncio's.
-_BOTH_LOOPS = frozenset({"test_wire.py"})
+_BOTH_LOOPS = frozenset({"test_wire.py", "test_wire_hostile.py", "test_proxies.py"})
 
 
 def pytest_asyncio_loop_factories(

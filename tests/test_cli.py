@@ -360,13 +360,17 @@ def test_serve_announces_itself_answers_and_stops_cleanly_on_sigterm(
     port = free_port()
     config = write(
         tmp_path,
-        f"[server]\nport = {port}\n" + ACCOUNT + ACCOUNT.replace('"a"', '"b"'),
+        f"[server]\nport = {port}\n"
+        + ACCOUNT
+        + ACCOUNT.replace('"a"', '"b"')
+        + 'proxy = "http://me:pr0xy-s3cret@127.0.0.1:3128"\n',
     )
     server = start_server([*PYTHON_M, "serve", "--config", str(config)])
 
     listening = server.wait_for_line("seamline listening on ")
     assert listening == f"seamline listening on http://127.0.0.1:{port}/v1"
-    assert server.wait_for_line("accounts: ") == "accounts: a, b"
+    # Each account, with the proxy it goes through (never its credentials).
+    assert server.wait_for_line("accounts: ") == "accounts: a, b (through http://127.0.0.1:3128)"
 
     status, body = get(f"http://127.0.0.1:{port}/nonexistent")
     assert status == 404

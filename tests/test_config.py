@@ -20,6 +20,7 @@ from proxy.config import (
     load,
     parse,
 )
+from proxy.egress import DIRECT, ProxyURL
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -460,3 +461,88 @@ def test_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(path, env={})
     assert str(info.value) == f"{path}: invalid TOML: file is not UTF-8"
+
+
+# -- outbound proxies ------------------------------------------------------------------
+
+
+def _with_proxy(line: str) -> str:
+    return ACCOUNT + line + "\n"
+
+
+def test_an_accounts_proxy_is_read_with_its_credentials_and_kept_out_of_sight() -> None:
+    config = ok(_with_proxy('proxy = "http://me:p%40ss-w0rd@proxy.corp:3128"'))
+    proxy = config.accounts[0].proxy
+    assert proxy == ProxyURL("proxy.corp", 3128, "me", "p@ss-w0rd")
+    assert "p@ss-w0rd" in config.secrets()
+    assert proxy.authorization.removeprefix("Basic ") in config.secrets()
+    assert "p@ss-w0rd" not in repr(config)
+
+
+@pytest.mark.parametrize("value", ["direct", "DIRECT", " direct "])
+def test_proxy_direct_opts_an_account_out_of_the_environments_proxy(value: str) -> None:
+    config = ok(_with_proxy(f'proxy = "{value}"'), env={"HTTP_PROXY": "http://p:1"})
+    assert config.accounts[0].proxy == DIRECT
+    assert config.proxy_for(config.accounts[0], "http://127.0.0.1:9/v1/x") is None
+
+
+def test_without_a_proxy_of_its_own_an_account_follows_the_environment() -> None:
+    config = ok(ACCOUNT, env={"http_proxy": "http://u:env-s3cret@p:1", "no_proxy": "example.org"})
+    assert config.accounts[0].proxy is None
+    assert config.proxy_for(config.accounts[0], "http://127.0.0.1:9/v1/x") == ProxyURL(
+        "p", 1, "u", "env-s3cret"
+    )
+    assert config.proxy_for(config.accounts[0], "http://api.example.org/v1/x") is None
+    assert "env-s3cret" in config.secrets()
+
+
+def test_proxy_env_reads_the_proxy_from_a_variable() -> None:
+    config = ok(_with_proxy('proxy_env = "MY_PROXY"'), env={"MY_PROXY": "http://u:s3cret@p:1"})
+    assert config.accounts[0].proxy == ProxyURL("p", 1, "u", "s3cret")
+
+
+@pytest.mark.parametrize(
+    ("line", "env", "expected"),
+    [
+        ('proxy = ""', {}, 'accounts[0].proxy: is empty: give an HTTP proxy URL, or "direct"'),
+        ('proxy = "none"', {}, 'accounts[0].proxy: say "direct" for none'),
+        ("proxy = 3128", {}, "accounts[0].proxy: expected a string, got an integer"),
+        (
+            'proxy = "socks5://u:s3cret@p:1080"',
+            {},
+            "accounts[0].proxy: socks5:// proxies are not supported",
+        ),
+        (
+            'proxy = "https://u:s3cret@p:443"',
+            {},
+            "accounts[0].proxy: https:// proxies are not supported",
+        ),
+        ('proxy = "http://u:s3cret@proxy.corp"', {}, "accounts[0].proxy: expected http://"),
+        ('proxy = "proxy.corp:3128"', {}, "accounts[0].proxy: expected http://"),
+        ('proxy = "http://p:3128/path"', {}, "a path, query or fragment after the port"),
+        ('proxy_env = "NOPE"', {}, "accounts[0].proxy_env: environment variable 'NOPE' is not set"),
+        (
+            'proxy = "direct"\nproxy_env = "P"',
+            {"P": "http://p:1"},
+            "accounts[0].proxy_env: give proxy or proxy_env, not both",
+        ),
+        (
+            'proxy_env = "P"',
+            {"P": "socks5://u:s3cret@p:1"},
+            "accounts[0].proxy_env: socks5:// proxies are not supported",
+        ),
+    ],
+)
+def test_a_bad_proxy_is_one_line_naming_file_and_key_and_never_the_password(
+    line: str, env: dict[str, str], expected: str
+) -> None:
+    message = error(_with_proxy(line), env)
+    assert expected in message
+    assert "s3cret" not in message
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"])
+def test_a_bad_proxy_in_the_environment_is_one_line_naming_the_variable(name: str) -> None:
+    message = error(ACCOUNT, {name: "socks5h://u:s3cret@p:1080"})
+    assert message.startswith(f"{PATH}: environment variable {name}: socks5h://")
+    assert "s3cret" not in message
