@@ -6,7 +6,6 @@ request path does no extra work for them.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -21,26 +20,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _STATES = ["available", *(b.value for b in Block)]
-_REASON = re.compile(r"^(\d{3}) (\w+)")
-
-
-def failover_reason(reason: str) -> str:
-    """A low-cardinality label for a failed attempt's reason."""
-    m = _REASON.match(reason)
-    if m:
-        return m[2]
-    lowered = reason.lower()
-    for word, label in (
-        ("unreachable", "unreachable"),
-        ("timed out", "timeout"),
-        ("no response headers", "timeout"),
-        ("oauth", "oauth"),
-        ("refresh", "oauth"),
-        ("credentials", "auth_failed"),
-    ):
-        if word in lowered:
-            return label
-    return "upstream_error"
 
 
 class _PoolCollector(Collector):
@@ -123,7 +102,7 @@ class Metrics:
         for kind, n in outcome.repairs.items():
             self.repairs.labels(kind).inc(n)
         for attempt in outcome.attempts:
-            self.failovers.labels(failover_reason(attempt["reason"])).inc()
+            self.failovers.labels(attempt.failure.value).inc()
         now = time.monotonic()
         if outcome.first_byte is not None:
             self.ttfb.observe(outcome.first_byte - outcome.started)

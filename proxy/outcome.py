@@ -6,6 +6,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .policy import Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An account the request went to and moved on from: why, by name and in words."""
+
+    account: str
+    failure: Failure
+    detail: str
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -23,7 +34,7 @@ class Outcome:
     first_byte: float | None = None
     error: str | None = None
     client_gone: bool = False
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     repairs: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -47,7 +58,9 @@ class Outcome:
         if self.client_gone:
             out["client_gone"] = True
         if self.attempts:
-            out["failed_attempts"] = self.attempts
+            out["failed_attempts"] = [
+                {"account": a.account, "reason": a.detail} for a in self.attempts
+            ]
         if self.repairs:
             out["repairs"] = self.repairs
         return out

@@ -26,12 +26,14 @@ from .errors import (
     SeamlineError,
     UpstreamConnectTimeout,
     UpstreamError,
+    UpstreamTimeout,
     UpstreamUnreachable,
 )
-from .health import FAILOVER, Verdict, classify, parse_retry_after
+from .health import parse_retry_after
 from .logs import get_logger, redactor, shown, trace_bytes
 from .oauth import OAuthAccount, OAuthError, OAuthRevoked
-from .outcome import Outcome
+from .outcome import Attempt, Outcome
+from .policy import Decision, Effect, Failure, Next, decide
 from .relay import read_body
 from .wire import Client, Response
 
@@ -65,11 +67,6 @@ def scope_of(tail: str) -> str:
 def _connect_failure(exc: UpstreamError) -> bool:
     """The account could not be reached at all, whatever the request: its whole breaker."""
     return isinstance(exc, UpstreamUnreachable | UpstreamConnectTimeout)
-
-
-def _names_stream_options(body: bytes) -> bool:
-    low = body.lower()
-    return b"stream_options" in low or b"include_usage" in low
 
 
 def limits_of(acc: AccountConfig) -> Limits:
@@ -331,7 +328,7 @@ class Router:
             except UpstreamError as exc:
                 where = ACCOUNT if _connect_failure(exc) else scope
                 pool.failed(st, time.time(), exc.message, where, fingerprint)
-                _note(outcome, acc, exc.message)
+                _note(outcome, acc, _failure_of(exc), exc.message)
                 raise
             if resp.status < 400:
                 # Whether the answer works is known once it ended (``finish``).
@@ -339,9 +336,15 @@ class Router:
                 sent = tuple(k.encode() for k in {acc.api_key, token} if k and len(k) >= 4)
                 return UpstreamAnswer(acc, st, resp, scope, fingerprint, sent)
             err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
-            verdict = classify(resp.status, err_body)
+            decision = decide(
+                resp.status,
+                err_body,
+                can_refresh=oauth is not None and bool(token) and not retried_401,
+                can_drop_options=may_drop_options,
+            )
             now = time.time()
-            if verdict is Verdict.AUTH and oauth is not None and token and not retried_401:
+            if decision.next is Next.REFRESH:
+                assert oauth is not None and token is not None
                 retried_401 = True
                 try:
                     await oauth.refresh_after_401(session, token)
@@ -350,10 +353,10 @@ class Router:
                     raise
                 except OAuthError as exc:
                     pool.failed(st, now, exc.message, ACCOUNT)
-                    _note(outcome, acc, exc.message)
+                    _note(outcome, acc, Failure.OAUTH, exc.message)
                     raise
                 continue
-            if may_drop_options and resp.status in (400, 422) and _names_stream_options(err_body):
+            if decision.next is Next.WITHOUT_OPTIONS:
                 # It refused the stream_options seamline added (not the client): ask once
                 # more without them, and leave them out for this account for a while.
                 st.plain_until = now + PLAIN_S
@@ -368,48 +371,40 @@ class Router:
             allowed = up.header_filter(self.config.server.forward_response_headers)
             out_headers = up.response_headers(resp.headers, resp.status, allowed)
             failed = FailedAnswer(resp.status, out_headers, err_body)
-            return self._judge(acc, st, verdict, failed, outcome, scope, fingerprint)
+            return self._judge(acc, st, decision, failed, outcome, scope, fingerprint)
 
     def _judge(
         self,
         acc: AccountConfig,
         st: AccountState,
-        verdict: Verdict,
+        decision: Decision,
         answer: FailedAnswer,
         outcome: Outcome,
         scope: str,
         fingerprint: int,
     ) -> FailedAnswer | FailedOver:
-        """What an upstream's error answer means: the client's own error to return, or
-        a failure of the account (the pool told) to move on from."""
-        if verdict not in FAILOVER:
+        """Apply a decision on an upstream's error answer: the client's own error to
+        return, or a failure of the account (the pool told) to move on from."""
+        if decision.next is not Next.FAIL_OVER:
             return answer
+        assert decision.failure is not None
         pool = self.pool
         now = time.time()
-        reason = f"{answer.status} {verdict.value}"
+        reason = f"{answer.status} {decision.failure.value}"
         retry_after = parse_retry_after(answer.headers.get("Retry-After"), now)
-        if verdict is Verdict.QUOTA:
+        effect = decision.effect
+        if effect is Effect.QUOTA:
             pool.quota_exhausted(st, now, retry_after)
-        elif verdict is Verdict.RATE:
+        elif effect is Effect.COOLDOWN:
             pool.rate_limited(st, now, retry_after)
-            _note(outcome, acc, reason)
-            # Should every account fail so with no Retry-After to say when, this 429 is
-            # the client's answer, as it would be without seamline.
-            return FailedOver(answer)
-        elif verdict is Verdict.AUTH:
-            self._disable(
-                st,
-                f"upstream answered {answer.status}: credentials rejected",
-                persist=False,
-                outcome=outcome,
-            )
+        elif effect is Effect.DISABLE:
+            reason = f"upstream answered {answer.status}: credentials rejected"
+            self._disable(st, reason, persist=False, outcome=outcome)
             return FailedOver(None)
-        else:
+        elif effect is Effect.FAILURE:
             pool.failed(st, now, reason, scope, fingerprint)
-            _note(outcome, acc, reason)
-            return FailedOver(answer)
-        _note(outcome, acc, reason)
-        return FailedOver(None)
+        _note(outcome, acc, decision.failure, reason)
+        return FailedOver(answer if decision.keep else None)
 
     def early_error(
         self, answer: UpstreamAnswer, status: int, payload: bytes, outcome: Outcome
@@ -419,10 +414,15 @@ class Router:
         ``status``, and release the account. True when it is the account's failure, so
         another account may take the request."""
         self.pool.release(answer.state)
-        verdict = classify(status, payload)
         failed = FailedAnswer(status, CIMultiDict(), payload)
         judged = self._judge(
-            answer.account, answer.state, verdict, failed, outcome, answer.scope, answer.fingerprint
+            answer.account,
+            answer.state,
+            decide(status, payload),
+            failed,
+            outcome,
+            answer.scope,
+            answer.fingerprint,
         )
         return isinstance(judged, FailedOver)
 
@@ -458,7 +458,7 @@ class Router:
             log.error(
                 "account_disabled", account=st.name, reason=reason, request_id=outcome.request_id
             )
-        _note(outcome, self.accounts[st.name], reason)
+        _note(outcome, self.accounts[st.name], Failure.OAUTH if persist else Failure.AUTH, reason)
 
     def finish(
         self,
@@ -502,8 +502,18 @@ def _fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def _note(outcome: Outcome, acc: AccountConfig, reason: str) -> None:
-    outcome.attempts.append({"account": acc.name, "reason": redactor.scrub(reason)})
+def _note(outcome: Outcome, acc: AccountConfig, failure: Failure, reason: str) -> None:
+    outcome.attempts.append(Attempt(acc.name, failure, redactor.scrub(reason)))
+
+
+def _failure_of(exc: UpstreamError) -> Failure:
+    if isinstance(exc, OAuthError):
+        return Failure.OAUTH
+    if isinstance(exc, UpstreamUnreachable):
+        return Failure.UNREACHABLE
+    if isinstance(exc, UpstreamTimeout):
+        return Failure.TIMEOUT
+    return Failure.PROTOCOL
 
 
 def _unavailable(pool: Pool, model: str | None, now: float) -> SeamlineError:
