@@ -11,6 +11,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiohttp import web
+from aiohttp.typedefs import Handler as WebHandler
+
 from .config import ServerConfig
 from .errors import (
     BodyTooLarge,
@@ -23,7 +26,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .outcome import Outcome
-from .request import Handler, Reply, Request
+from .request import APP, REQUEST, Reply, Request
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
@@ -120,16 +123,17 @@ def route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-async def dispatch(
-    route: Callable[[str], tuple[frozenset[str], Handler] | None], request: Request
-) -> Reply:
+@web.middleware
+async def dispatch(request: web.Request, handler: WebHandler) -> web.StreamResponse:
     """Request id, routing, limits, OpenAI-format errors, one summary line per request."""
-    given = request.headers.get("X-Request-ID", "")
+    req = Request(request, request.app[APP])
+    request[REQUEST] = req
+    given = req.headers.get("X-Request-ID", "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    path = request.path
+    path = req.path
     outcome = Outcome(request_id=request_id, route=path)
-    request.outcome = outcome
-    gate = request.app.gate
+    req.outcome = outcome
+    gate = req.app.gate
     api = path.startswith("/v1/")
     admitted = False
     try:
@@ -137,44 +141,47 @@ async def dispatch(
             if _DOT_SEGMENTS.intersection(path.split("/")):
                 # The upstream URL would resolve them, out of the account's base_url.
                 raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-            gate.admit(request)
+            gate.admit(req)
             admitted = True
             gate.enter()
-        found = route(path)
-        if found is None:
+        unrouted = request.match_info.http_exception
+        if unrouted is not None:
+            if unrouted.status == 405:
+                raise MethodNotAllowed("method not allowed for this path")
             raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-        methods, handler = found
-        if request.method not in methods:
-            raise MethodNotAllowed("method not allowed for this path")
         resp = await handler(request)
     except SeamlineError as err:
-        resp = error_response(err, request_id)
+        resp = req.answer(error_response(err, request_id))
         outcome.error = err.message
     except asyncio.CancelledError:
         # The client went away: still one line, still counted.
         outcome.client_gone = True
-        _book(request, outcome, api)
+        _book(req, outcome, api)
         raise
     except ConnectionResetError as exc:
         # The client went away while its answer was being written (or read from it):
         # nobody to answer, and no bug to log.
         outcome.client_gone = True
-        resp = error_response(SeamlineError(str(exc)), request_id)
+        resp = req.answer(error_response(SeamlineError(str(exc)), request_id))
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=path)
         internal = SeamlineError(f"internal error (request id {request_id})")
-        resp = error_response(internal, request_id)
+        resp = req.answer(error_response(internal, request_id))
         outcome.error = "internal error"
     finally:
         if admitted:
             gate.leave()
     if not resp.prepared:
         resp.headers["X-Request-ID"] = request_id
+        if gate.draining or not req.body_complete:
+            # Draining: each answer closes its connection. A body not read to its end
+            # (a 401, a 413 before it arrived): the connection cannot carry another.
+            resp.force_close()
     # Until here ``stream`` is what the client asked for; an error answer to a streamed
     # request is JSON, and its bytes are no stream bytes in the metrics or the log line.
     outcome.stream = outcome.stream and resp.content_type == "text/event-stream"
     outcome.status = outcome.status or resp.status
-    _book(request, outcome, api)
+    _book(req, outcome, api)
     return resp
 
 

@@ -29,6 +29,9 @@ PYTHON_M = [sys.executable, "-m", "proxy"]
 # Only PATH: no API key variable, no proxy settings, nothing secret from the test runner.
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 ACCOUNT = '[[accounts]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n'
+# A [server] table whose SIGTERM stops at once: no readiness grace (tests/test_ops.py
+# tests the grace).
+NO_GRACE = "[server]\ndrain_grace_s = 0\n"
 
 
 def run(
@@ -351,7 +354,7 @@ def test_serve_announces_itself_answers_and_stops_cleanly_on_sigterm(
     port = free_port()
     config = write(
         tmp_path,
-        f"[server]\nport = {port}\n" + ACCOUNT + ACCOUNT.replace('"a"', '"b"'),
+        NO_GRACE + f"port = {port}\n" + ACCOUNT + ACCOUNT.replace('"a"', '"b"'),
     )
     server = start_server([*PYTHON_M, "serve", "--config", str(config)])
 
@@ -382,7 +385,7 @@ def test_host_and_port_options_override_the_config(
         busy_port = busy.getsockname()[1]
         config = write(
             tmp_path,
-            f'[server]\nhost = "192.0.2.1"\nport = {busy_port}\n'
+            NO_GRACE + f'host = "192.0.2.1"\nport = {busy_port}\n'
             'api_keys = ["client-key-1234"]\n' + ACCOUNT,
         )
         port = free_port()
@@ -400,7 +403,7 @@ def test_host_and_port_options_override_the_config(
 def test_serve_with_port_0_announces_the_port_it_got(
     tmp_path: Path, start_server: Callable[[list[str]], Server]
 ) -> None:
-    config = write(tmp_path, "[server]\nport = 0\n" + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + "port = 0\n" + ACCOUNT)
     server = start_server([*PYTHON_M, "serve", "--config", str(config)])
     line = server.wait_for_line("seamline listening on ")
     port = int(line.removeprefix("seamline listening on http://127.0.0.1:").removesuffix("/v1"))
@@ -422,7 +425,7 @@ def _ipv6_loopback() -> bool:
 def test_ipv6_listen_address_is_announced_as_a_valid_url(
     tmp_path: Path, start_server: Callable[[list[str]], Server]
 ) -> None:
-    config = write(tmp_path, "[server]\nport = 0\n" + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + "port = 0\n" + ACCOUNT)
     server = start_server([SEAMLINE, "serve", "--config", str(config), "--host", "::1"])
     line = server.wait_for_line("seamline listening on ")
     assert line.startswith("seamline listening on http://[::1]:")
@@ -454,7 +457,7 @@ def test_serve_raises_its_open_file_limit_and_warns_when_it_is_too_low(
 ) -> None:
     # Soft 256, hard 512: seamline raises the soft limit to 512, which holds 100 streams
     # (two sockets each) but not 1000.
-    config = write(tmp_path, f"[server]\nport = 0\nmax_concurrent = {max_concurrent}\n" + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + f"port = 0\nmax_concurrent = {max_concurrent}\n" + ACCOUNT)
     limited = ["bash", "-c", 'ulimit -Sn 256 && ulimit -Hn 512 && exec "$@"', "bash"]
     server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
     server.wait_for_line("seamline listening on ")

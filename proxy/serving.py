@@ -1,0 +1,169 @@
+"""aiohttp's HTTP server as seamline runs it: its limits, and its refusals in OpenAI format.
+
+aiohttp parses every request (llhttp, through its C extension) and refuses what it
+cannot parse itself, with a plain-text answer, before any middleware runs. The one
+hook for those answers is ``RequestHandler.handle_error``; ``Protocol`` overrides it,
+and ``AppRunner`` makes aiohttp's server build ``Protocol`` for each connection (both
+beneath aiohttp's public API: ``tests/test_http.py`` fails if an upgrade changes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import _ErrInfo
+
+from .errors import SeamlineError, UnsupportedEncoding
+from .logs import get_logger
+
+log = get_logger("seamline")
+
+# The parser's limits. The URL and a header field have limits of their own sizes so that
+# a LineTooLong says which one was passed (aiohttp raises the same error for both).
+MAX_URL = 8190
+MAX_FIELD = 16384  # a header field, name and value: room for big tokens and cookies
+MAX_HEADERS = 128
+# After an answer given before the body was read (401, 413): how long the rest of the
+# body is still read and dropped, so that the client reads the answer rather than a
+# reset; then the connection closes. aiohttp's default is 10 s.
+LINGER_S = 1.0
+
+
+def refusal(status: int, exc: BaseException | None) -> SeamlineError:
+    """What seamline answers to a request aiohttp could not parse (or, status 500/504,
+    to a failure beneath the middleware)."""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == MAX_URL:
+            return _error(414, f"request URL exceeds {MAX_URL} bytes")
+        return _error(431, f"request header field exceeds {MAX_FIELD} bytes")
+    if isinstance(exc, HttpProcessingError):
+        if exc.message == "Too many headers received":
+            return _error(431, f"request has more than {MAX_HEADERS} header fields")
+        if isinstance(exc, ContentEncodingError):
+            # At the head: a coding aiohttp knows but cannot decode here (br, zstd).
+            return UnsupportedEncoding(
+                "request Content-Encoding is not supported: use gzip, deflate or none"
+            )
+        first = (exc.message or "").split("\n", 1)[0].rstrip(":")
+        return _error(400, f"invalid HTTP request: {first}")
+    if status < 500:
+        return _error(status, f"invalid HTTP request: {exc or status}")
+    err = SeamlineError("internal error" if status == 500 else "timed out")
+    err.status = status
+    return err
+
+
+def _error(status: int, message: str) -> SeamlineError:
+    err = SeamlineError(message)
+    err.status = status
+    err.error_type = "invalid_request_error"
+    return err
+
+
+class Unreadable(web.RequestPayloadError):
+    """A body the parser refused partway; ``error`` is what its request is answered."""
+
+    def __init__(self, error: SeamlineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Protocol(web.RequestHandler):
+    """aiohttp's connection protocol, with its error answers in OpenAI format."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) == queued:
+            return
+        error = self._messages[-1][0]
+        if not isinstance(error, _ErrInfo):
+            return
+        # Bytes the parser refused in the middle of a body (bad chunk framing, a trailer
+        # past its limit): aiohttp queues the error as one more request, and the handler
+        # reading that body would wait for the rest until its deadline. The body's
+        # reader gets the error instead, its handler answers it, and nothing more is
+        # read from this connection.
+        for payload in self._open_payloads():
+            self._messages.pop()
+            payload.set_exception(Unreadable(refusal(error.status, error.exc)))
+            payload.feed_eof()
+            self.close()
+            return
+
+    def _open_payloads(self) -> Iterator[StreamReader]:
+        """The body the parser was reading when it failed, if any (at most one is open)."""
+        current = self._current_request
+        bodies = [current.content] if current is not None else []
+        bodies.extend(payload for _, payload in list(self._messages)[:-1])
+        for payload in bodies:
+            if payload is not EMPTY_PAYLOAD and not payload.is_eof():
+                yield payload
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of an answer went out: nothing more can be said on this connection.
+            raise ConnectionError("an answer was already under way")
+        err = refusal(status, exc)
+        if err.status >= 500:
+            log.error("server_error", status=err.status, error=repr(exc))
+        response = web.Response(
+            status=err.status,
+            body=err.json_bytes(),
+            content_type="application/json",
+            headers={"Connection": "close"},
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    """aiohttp's server, making a ``Protocol`` for each connection."""
+
+    def __call__(self) -> web.RequestHandler:
+        return Protocol(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose server speaks ``Protocol``; keyword arguments go to each
+    connection's protocol as with aiohttp's own."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **made._kwargs,
+        )
+
+
+def runner(app: web.Application, keepalive: float, **kw: Any) -> AppRunner:
+    """The runner for ``app``: the client that leaves cancels its handler, no access
+    log (seamline writes its own summary line), the parser's limits above."""
+    return AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=keepalive,
+        max_line_size=MAX_URL,
+        max_field_size=MAX_FIELD,
+        max_headers=MAX_HEADERS,
+        lingering_time=LINGER_S,
+        **kw,
+    )
