@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -17,9 +18,9 @@ from .errors import UpstreamError
 from .forward import forward
 from .logs import debug_streaming_enabled, get_logger, redactor
 from .metrics import Metrics
-from .middleware import Gate, check_client, dispatch
+from .middleware import Gate, check_client, dispatch, method_not_allowed, not_found
 from .ops import admin_accounts, healthz, metrics, readyz
-from .request import APP, Reply, Request, endpoint
+from .request import APP, Handler, Reply, Request
 from .runtime import Runtime, build_runtime, warn_readable_secrets
 
 __all__ = ["App", "Runner", "create_app", "drain", "start"]
@@ -70,17 +71,30 @@ async def _expect_later(request: web.Request) -> None:
     (``Request.read``), once the request passed auth and limits; not here."""
 
 
+# Every route: (path, methods, handler). HEAD as well as GET where load balancers probe.
+_ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
+    ("/v1/{tail:.+}", ("GET", "POST"), proxy),
+    ("/healthz", ("GET", "HEAD"), healthz),
+    ("/readyz", ("GET", "HEAD"), readyz),
+    ("/metrics", ("GET",), metrics),
+    ("/admin/accounts", ("GET",), admin_accounts),
+)
+
+
 def _routes(web_app: web.Application) -> None:
-    """Every route: the API under /v1, the operator endpoints (health checks answer HEAD
-    too, as load balancers probe with it)."""
-    add = web_app.router.add_route
-    api = endpoint(proxy)
-    for method in ("GET", "POST"):
-        add(method, "/v1/{tail:.+}", api, expect_handler=_expect_later)
-    web_app.router.add_get("/healthz", endpoint(healthz))
-    web_app.router.add_get("/readyz", endpoint(readyz))
-    add("GET", "/metrics", endpoint(metrics))
-    add("GET", "/admin/accounts", endpoint(admin_accounts))
+    """``_ROUTES`` in aiohttp's router, every answer through ``dispatch``; other methods
+    on those paths get 405 and any other path 404, in OpenAI format."""
+
+    def add(method: str, path: str, handler: Handler) -> None:
+        web_app.router.add_route(
+            method, path, partial(dispatch, handler=handler), expect_handler=_expect_later
+        )
+
+    for path, methods, handler in _ROUTES:
+        for method in methods:
+            add(method, path, handler)
+        add("*", path, method_not_allowed)
+    add("*", "/{tail:.*}", not_found)
 
 
 class Runner:
@@ -129,7 +143,7 @@ def web_app(app: App) -> web.Application:
     server = app.runtime.router.config.server
     # ``client_max_size`` bounds what aiohttp's own body readers take; seamline's
     # (``Request.read``) applies server.max_body_bytes as a reload leaves it.
-    out = web.Application(middlewares=[dispatch], client_max_size=server.max_body_bytes)
+    out = web.Application(client_max_size=server.max_body_bytes)
     out[APP] = app
     _routes(out)
     return out

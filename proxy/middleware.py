@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.typedefs import Handler as WebHandler
 
 from .config import ServerConfig
 from .errors import (
@@ -26,7 +25,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .outcome import Outcome
-from .request import APP, REQUEST, Reply, Request
+from .request import APP, Handler, Reply, Request
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
@@ -123,11 +122,12 @@ def route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-@web.middleware
-async def dispatch(request: web.Request, handler: WebHandler) -> web.StreamResponse:
-    """Request id, routing, limits, OpenAI-format errors, one summary line per request."""
+async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, limits, OpenAI-format errors, one summary line per request.
+
+    Every route's aiohttp handler is this, with its seamline ``handler`` bound (no
+    aiohttp middleware: each would be one more coroutine frame for a stream's life)."""
     req = Request(request, request.app[APP])
-    request[REQUEST] = req
     given = req.headers.get("X-Request-ID", "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     path = req.path
@@ -144,14 +144,9 @@ async def dispatch(request: web.Request, handler: WebHandler) -> web.StreamRespo
             gate.admit(req)
             admitted = True
             gate.enter()
-        unrouted = request.match_info.http_exception
-        if unrouted is not None:
-            if unrouted.status == 405:
-                raise MethodNotAllowed("method not allowed for this path")
-            raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-        resp = await handler(request)
+        resp = await handler(req)
     except SeamlineError as err:
-        resp = req.answer(error_response(err, request_id))
+        resp = error_response(err, request_id)
         outcome.error = err.message
     except asyncio.CancelledError:
         # The client went away: still one line, still counted.
@@ -162,27 +157,33 @@ async def dispatch(request: web.Request, handler: WebHandler) -> web.StreamRespo
         # The client went away while its answer was being written (or read from it):
         # nobody to answer, and no bug to log.
         outcome.client_gone = True
-        resp = req.answer(error_response(SeamlineError(str(exc)), request_id))
+        resp = error_response(SeamlineError(str(exc)), request_id)
     except Exception:
         log.exception("unhandled_error", request_id=request_id, path=path)
         internal = SeamlineError(f"internal error (request id {request_id})")
-        resp = req.answer(error_response(internal, request_id))
+        resp = error_response(internal, request_id)
         outcome.error = "internal error"
     finally:
         if admitted:
             gate.leave()
     if not resp.prepared:
         resp.headers["X-Request-ID"] = request_id
-        if gate.draining or not req.body_complete:
-            # Draining: each answer closes its connection. A body not read to its end
-            # (a 401, a 413 before it arrived): the connection cannot carry another.
-            resp.force_close()
     # Until here ``stream`` is what the client asked for; an error answer to a streamed
     # request is JSON, and its bytes are no stream bytes in the metrics or the log line.
     outcome.stream = outcome.stream and resp.content_type == "text/event-stream"
     outcome.status = outcome.status or resp.status
     _book(req, outcome, api)
-    return resp
+    return req.answer(resp)
+
+
+async def not_found(request: Request) -> Reply:
+    """Any path no route serves."""
+    raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
+
+
+async def method_not_allowed(request: Request) -> Reply:
+    """A path served, with another method."""
+    raise MethodNotAllowed("method not allowed for this path")
 
 
 def _book(request: Request, outcome: Outcome, api: bool) -> None:

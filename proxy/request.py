@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.typedefs import Handler as WebHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import (
@@ -286,14 +285,19 @@ class Request:
     def answer(self, reply: Reply) -> web.StreamResponse:
         """The aiohttp response for ``reply``: a whole one, or the stream already sent.
 
-        A stream that did not end (its client left, or its handler failed) is left
-        cut, its connection closed: aiohttp must not end it as if it were whole."""
+        A whole answer closes its connection while draining, and when the body was not
+        read to its end (a 401, a 413 before it arrived): the connection cannot carry
+        another request. A stream that did not end (its client left, or its handler
+        failed) is left cut, its connection closed: aiohttp must not end it as if it
+        were whole."""
         response = self._response
         if response is None:
-            return web.Response(
+            response = web.Response(
                 status=reply.status, body=reply.body, headers=wire_headers(reply.headers)
             )
-        if not self.ended:
+            if self.app.gate.draining or not self.body_complete:
+                response.force_close()
+        elif not self.ended:
             self.ended = True
             response._eof_sent = True  # beneath the API: no last chunk from aiohttp
             response.force_close()
@@ -302,19 +306,6 @@ class Request:
 
 Handler = Callable[[Request], Awaitable[Reply]]
 APP: web.AppKey[App] = web.AppKey("app")
-REQUEST: web.RequestKey[Request] = web.RequestKey("request")
-
-
-def endpoint(handler: Handler) -> WebHandler:
-    """The aiohttp handler for a seamline ``handler``: the dispatch middleware has made
-    the request it takes."""
-
-    async def serve(request: web.Request) -> web.StreamResponse:
-        req = request[REQUEST]
-        return req.answer(await handler(req))
-
-    serve.__qualname__ = serve.__name__ = getattr(handler, "__name__", "serve")
-    return serve
 
 
 def _too_large(limit: int, encoding: str) -> BodyTooLarge:

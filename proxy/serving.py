@@ -10,7 +10,8 @@ beneath aiohttp's public API: ``tests/test_http.py`` fails if an upgrade changes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -121,18 +122,44 @@ class Protocol(web.RequestHandler):
         err = refusal(status, exc)
         if err.status >= 500:
             log.error("server_error", status=err.status, error=repr(exc))
-        response = web.Response(
-            status=err.status,
-            body=err.json_bytes(),
-            content_type="application/json",
-            headers={"Connection": "close"},
-        )
-        response.force_close()
-        return response
+        return _closing(err)
+
+
+def _closing(err: SeamlineError) -> web.Response:
+    """``err`` as the last answer on its connection."""
+    response = web.Response(
+        status=err.status,
+        body=err.json_bytes(),
+        content_type="application/json",
+        headers={"Connection": "close"},
+    )
+    response.force_close()
+    return response
+
+
+_Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def _origin_form(handle: _Handle, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    """``handle``'s answer, for a request whose target is a path. Not a coroutine: for
+    those it hands over ``handle``'s, so that an open stream holds one frame less.
+
+    A CONNECT's target (``host:port``) and ``OPTIONS *`` match no route, not even the
+    catch-all one: aiohttp would answer them in plain text."""
+    if request.rel_url.path.startswith("/"):
+        return handle(request)
+    return _not_a_path()
+
+
+async def _not_a_path() -> web.StreamResponse:
+    return _closing(_error(400, "invalid HTTP request: seamline serves paths under /v1"))
 
 
 class _Server(web.Server):
     """aiohttp's server, making a ``Protocol`` for each connection."""
+
+    def __init__(self, handler: _Handle, **kw: Any) -> None:
+        super().__init__(partial(_origin_form, handler), **kw)
 
     def __call__(self) -> web.RequestHandler:
         return Protocol(self, loop=self._loop, **self._kwargs)

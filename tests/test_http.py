@@ -382,6 +382,8 @@ async def test_http_10_keep_alive_keeps_the_connection(serve: Serve) -> None:
         pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", id="nul-in-value"),
         pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\rb: c\r\n\r\n", id="bare-cr"),
         pytest.param(b"GET /healthz HTTP/1.1\r\nX-A: a\r\n folded\r\n\r\n", id="obs-fold"),
+        pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", id="connect"),
+        pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", id="asterisk"),
         pytest.param(b"POST /v1/x HTTP/1.1\r\nContent-Length: 1x\r\n\r\n1", id="bad-length"),
         pytest.param(
             b"POST /v1/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
@@ -685,7 +687,6 @@ async def test_head_healthz_has_a_content_length_and_no_body(serve: Serve) -> No
         pytest.param(get(b"/v1/./models"), 404, "not_found"),
         pytest.param(get(b"/v1/%2e%2e/x"), 404, "not_found"),
         pytest.param(get(b"/v1/models/.."), 404, "not_found"),
-        pytest.param(get(b"example.com:443", method=b"CONNECT"), 404, "not_found", id="connect"),
     ],
 )
 async def test_a_wrong_method_or_path_gets_a_json_error(
