@@ -10,7 +10,7 @@ beneath aiohttp's public API: ``tests/test_http.py`` fails if an upgrade changes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -78,36 +78,35 @@ class Unreadable(web.RequestPayloadError):
 class Protocol(web.RequestHandler):
     """aiohttp's connection protocol, with its error answers in OpenAI format."""
 
-    __slots__ = ()
+    __slots__ = ("_reading",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        # The body the parser feeds: that of the last request it queued.
+        self._reading: StreamReader = EMPTY_PAYLOAD
 
     def data_received(self, data: bytes) -> None:
-        queued = len(self._messages)
+        queue = self._messages
+        queued = len(queue)
         super().data_received(data)
-        if len(self._messages) == queued:
-            return
-        error = self._messages[-1][0]
-        if not isinstance(error, _ErrInfo):
-            return
-        # Bytes the parser refused in the middle of a body (bad chunk framing, a trailer
-        # past its limit): aiohttp queues the error as one more request, and the handler
-        # reading that body would wait for the rest until its deadline. The body's
-        # reader gets the error instead, its handler answers it, and nothing more is
-        # read from this connection.
-        for payload in self._open_payloads():
-            self._messages.pop()
-            payload.set_exception(Unreadable(refusal(error.status, error.exc)))
-            payload.feed_eof()
+        for message, payload in list(queue)[queued:]:
+            if not isinstance(message, _ErrInfo):
+                self._reading = payload
+                continue
+            # Nothing after bytes the parser refused is read: llhttp stays failed,
+            # and would queue a vaguer error ("Span callback error") for each read.
             self.close()
+            body = self._reading
+            if body is not EMPTY_PAYLOAD and not body.is_eof():
+                # Refused in the middle of a body (bad chunk framing, a trailer past
+                # its limit): aiohttp would answer the error as one more request, and
+                # the handler reading that body would wait for the rest until its
+                # deadline. The body's reader gets the error instead, and its handler
+                # answers it.
+                queue.remove((message, payload))
+                body.set_exception(Unreadable(refusal(message.status, message.exc)))
+                body.feed_eof()
             return
-
-    def _open_payloads(self) -> Iterator[StreamReader]:
-        """The body the parser was reading when it failed, if any (at most one is open)."""
-        current = self._current_request
-        bodies = [current.content] if current is not None else []
-        bodies.extend(payload for _, payload in list(self._messages)[:-1])
-        for payload in bodies:
-            if payload is not EMPTY_PAYLOAD and not payload.is_eof():
-                yield payload
 
     def handle_error(
         self,

@@ -442,19 +442,14 @@ async def test_a_trailer_that_never_ends_is_refused_at_its_limit_and_closed(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n"
             b'\r\n5\r\n{"a":\r\n0\r\nX-Trailer: '
         )
-        answering = asyncio.create_task(read_answer(peer.reader))
-        sent = 0
-        with contextlib.suppress(ConnectionError):
-            while not answering.done() and sent < 1024 * 1024:  # one value, never ended
-                await peer.send(b"a" * 8192)
-                sent += 8192
-                await asyncio.wait({answering}, timeout=0.01)
-        async with asyncio.timeout(5):
-            answer = await answering
+        # Past the limit, and then no more: bytes still coming when the server closes
+        # would reset the connection (tests/test_memory.py sends without end).
+        for _ in range(3):
+            await peer.send(b"a" * 8192)
+        answer = await peer.answer()
         assert answer.status == 431, answer.head
         assert error_of(answer)["message"] == f"request header field exceeds {MAX_FIELD} bytes"
         assert answer.headers["connection"] == "close"
-        assert sent <= 4 * MAX_FIELD  # refused at its limit, not after megabytes
         assert await peer.closed()
     assert upstream.requests == []
 
@@ -495,14 +490,10 @@ async def test_a_header_field_that_keeps_growing_is_431_and_closed(serve: Serve)
     runner = await serve()
     async with connect(runner) as peer:
         await peer.send(b"GET /healthz HTTP/1.1\r\nHost: s\r\nX-Big: ")
-        answering = asyncio.create_task(read_answer(peer.reader))
-        sent = 0
-        while not answering.done() and sent < 80 * 1024:  # one value, never ended
-            await peer.send(b"a" * 8192)
-            sent += 8192
-            await asyncio.wait({answering}, timeout=0.05)
-        async with asyncio.timeout(5):
-            answer = await answering
+        for _ in range(3):  # one value, never ended (past the limit, then no more: see
+            await peer.send(b"a" * 8192)  # the trailer's test)
+            await asyncio.sleep(0.01)
+        answer = await peer.answer()
         assert answer.status == 431, answer.head
         assert error_of(answer)["message"] == f"request header field exceeds {MAX_FIELD} bytes"
         assert answer.headers["connection"] == "close"
