@@ -63,6 +63,23 @@ class ClientStream:
     cutting the connection; it is never sent while a write is pending.
     """
 
+    __slots__ = (
+        "_beat",
+        "_drain",
+        "_heartbeat",
+        "_loop",
+        "_on_start",
+        "_timer",
+        "headers",
+        "last_read",
+        "log",
+        "outcome",
+        "prepared",
+        "request",
+        "status",
+        "writing",
+    )
+
     def __init__(
         self,
         request: Request,
