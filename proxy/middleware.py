@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,7 +129,7 @@ async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse
     aiohttp middleware: each would be one more coroutine frame for a stream's life)."""
     req = Request(request, request.app[APP])
     given = req.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
     path = req.path
     outcome = Outcome(request_id=request_id, route=path)
     req.outcome = outcome

@@ -86,6 +86,16 @@ _INFLATED = frozenset({"gzip", "deflate", "br", "zstd"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+class _StreamResponse(web.StreamResponse):
+    """A stream's response, whose head goes out with its first chunk, in one write.
+
+    Beneath aiohttp's API: a StreamResponse sends its head on its own in prepare() (a
+    handler may wait long before its first write), one more system call and one more
+    wake-up of the client per stream; seamline prepares only to write at once."""
+
+    _send_headers_immediately = False
+
+
 class Request:
     """One request: its head at once, its body as it arrives, its answer's stream."""
 
@@ -216,7 +226,7 @@ class Request:
 
         The request's own headers are let go: nothing reads them once the answer is
         under way, and a stream can last minutes."""
-        response = web.StreamResponse(status=status, headers=wire_headers(headers))
+        response = _StreamResponse(status=status, headers=wire_headers(headers))
         if self._chunked:
             response.enable_chunked_encoding()
         else:
@@ -232,7 +242,7 @@ class Request:
         # this drops it, and aiohttp arms it again once the answer has ended.
         self._request.protocol.keep_alive(True)
         await response.prepare(self._request)
-        # aiohttp sends the head with the first write, in one transport write.
+        # The head goes with the first write, in one transport write.
         if last:
             await response.write_eof(data)
             self.ended = True

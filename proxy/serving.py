@@ -199,6 +199,10 @@ def runner(app: web.Application, keepalive: float, **kw: Any) -> AppRunner:
         app,
         handler_cancellation=True,
         access_log=None,
+        # SO_KEEPALIVE's probes start after two idle hours (Linux's default): never,
+        # here, where an idle connection closes after keepalive_s and a silent stream
+        # sends heartbeats (heartbeat_s). Off, it is a system call less per connection.
+        tcp_keepalive=False,
         keepalive_timeout=keepalive,
         max_line_size=MAX_URL,
         max_field_size=MAX_FIELD,
