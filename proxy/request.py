@@ -5,11 +5,19 @@ the one object handlers hold for as long as they run (for a stream, minutes): th
 request's path, query and headers, its body read with seamline's limits, and a
 stream's writing surface.
 
-It is also the one module where seamline goes beneath aiohttp's public API on the hot
-path: once a stream's head is out through ``StreamResponse.prepare()`` and its first
-write, every further write is a chunk frame written straight to the transport (see
-``Request.send``), and aiohttp is told that the body's end went out (``_eof_sent``).
-``tests/test_http.py`` pins the bytes and aiohttp's state that this relies on.
+It is also the one module where the hot path goes beneath aiohttp's public API: once
+a stream's head and first chunk are out through ``StreamResponse.prepare()`` and its
+``write``, every further write is a chunk frame (or, for HTTP/1.0, the bytes) written
+straight to the transport (``Request.send``: the cost it avoids is named there), the
+last chunk too, after which aiohttp is told the body's end went out
+(``StreamResponse._eof_sent``); backpressure is the transport's buffer size and the
+protocol's writing-paused state, waited on through aiohttp's ``writer.drain()``. Also
+beneath the API, for memory: a stream's response keeps its head for its first write
+(``_send_headers_immediately``), and what aiohttp keeps for a stream's life but no
+longer needs is let go (the request's ``_cache``, an empty body reader's ``_buffer``).
+The "aiohttp beneath its public API" tests in ``tests/test_http.py`` pin the bytes on
+the wire and aiohttp's state that all this relies on, and ``tests/test_memory.py`` the
+memory.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """aiohttp's HTTP server as seamline runs it: its limits, and its refusals in OpenAI format.
 
 aiohttp parses every request (llhttp, through its C extension) and refuses what it
-cannot parse itself, with a plain-text answer, before any middleware runs. The one
-hook for those answers is ``RequestHandler.handle_error``; ``Protocol`` overrides it,
-and ``AppRunner`` makes aiohttp's server build ``Protocol`` for each connection (both
-beneath aiohttp's public API: ``tests/test_http.py`` fails if an upgrade changes them).
+cannot parse itself, with a plain-text answer, before any handler runs. The one hook
+for those answers is ``RequestHandler.handle_error``; ``Protocol`` overrides it, and
+``AppRunner`` makes aiohttp's server build a ``Protocol`` for each connection (through
+``web.Server.__call__`` and ``AppRunner._make_server``). ``Protocol`` also reads
+aiohttp's queue of parsed requests (``_messages``, ``_ErrInfo``) to fail a body the
+parser refused partway, and keeps that queue in a list. All of it is beneath aiohttp's
+public API: the malformed-request, limit and trailer tests in ``tests/test_http.py``
+fail if an upgrade changes it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ log = get_logger("seamline")
 # The parser's limits. The URL and a header field have limits of their own sizes so that
 # a LineTooLong says which one was passed (aiohttp raises the same error for both).
 MAX_URL = 8190
-MAX_FIELD = 16384  # a header field, name and value: room for big tokens and cookies
+MAX_FIELD = 16384  # a header's value (and its name): room for big tokens and cookies
 MAX_HEADERS = 128
 # After an answer given before the body was read (401, 413): how long the rest of the
 # body is still read and dropped, so that the client reads the answer rather than a
@@ -38,7 +42,7 @@ LINGER_S = 1.0
 
 def refusal(status: int, exc: BaseException | None) -> SeamlineError:
     """What seamline answers to a request aiohttp could not parse (or, status 500/504,
-    to a failure beneath the middleware)."""
+    to a failure beneath the dispatch)."""
     if isinstance(exc, LineTooLong):
         limit = exc.args[1] if len(exc.args) > 1 else None
         if limit == MAX_URL:
@@ -133,7 +137,7 @@ class Protocol(web.RequestHandler):
             raise ConnectionError("an answer was already under way")
         err = refusal(status, exc)
         if err.status >= 500:
-            log.error("server_error", status=err.status, error=repr(exc))
+            log.error("server_error", status=err.status, exc_info=exc)
         return _closing(err)
 
 
