@@ -47,6 +47,11 @@ class ServerConfig:
     max_concurrent: int | None = None
     client_rpm: int = 0  # requests per minute per client key; 0 = unlimited
     drain_s: float = 30.0  # on SIGTERM, how long in-flight streams may go on
+    drain_grace_s: float = 5.0  # on SIGTERM, /readyz 503 with the listener open, first
+    keepalive_s: float = 75.0  # idle time allowed between requests on a connection
+    body_timeout_s: float = 60.0  # a request body must arrive whole within this
+    body_min_rate: int = 1024  # bytes/s a request body must average past the grace; 0: any
+    body_rate_grace_s: float = 5.0  # how long a request body may take before the floor
     metrics_public: bool = False  # /metrics without the admin key
     # Upstream response headers clients get beside Content-Type, Retry-After (on 429/503)
     # and the upstream's request id (as X-Upstream-Request-ID): names or globs.
@@ -253,6 +258,10 @@ def _positive(r: _Reader, name: str, value: float) -> float:
     return value
 
 
+def _seconds(r: _Reader, name: str, default: float) -> float:
+    return _positive(r, name, r.get(name, float, default))
+
+
 def _timeouts(r: _Reader, base: Timeouts) -> Timeouts:
     num: Callable[[str, float], float] = lambda n, d: _positive(r, n, r.get(n, float, d))  # noqa: E731
     t = Timeouts(
@@ -291,6 +300,11 @@ def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
         max_concurrent=_count(r, "max_concurrent", 0) if "max_concurrent" in r.table else None,
         client_rpm=_count(r, "client_rpm", d.client_rpm),
         drain_s=_positive(r, "drain_s", r.get("drain_s", float, d.drain_s)),
+        drain_grace_s=_seconds(r, "drain_grace_s", d.drain_grace_s),
+        keepalive_s=_seconds(r, "keepalive_s", d.keepalive_s),
+        body_timeout_s=_seconds(r, "body_timeout_s", d.body_timeout_s),
+        body_min_rate=_count(r, "body_min_rate", d.body_min_rate),
+        body_rate_grace_s=_seconds(r, "body_rate_grace_s", d.body_rate_grace_s),
         metrics_public=r.get("metrics_public", bool, d.metrics_public),
         forward_response_headers=_header_globs(
             r, "forward_response_headers", d.forward_response_headers
@@ -298,6 +312,10 @@ def _server(r: _Reader, env: Mapping[str, str]) -> ServerConfig:
     )
     r.check("max_body_bytes", s.max_body_bytes > 0, "must be positive")
     r.check("max_event_bytes", s.max_event_bytes > 0, "must be positive")
+    # Without a deadline a body that trickles in would hold its max_concurrent slot
+    # for as long as its client likes.
+    r.check("body_timeout_s", s.body_timeout_s > 0, "must be positive: a body needs a deadline")
+    r.check("keepalive_s", s.keepalive_s > 0, "must be positive")
     r.done()
     return s
 

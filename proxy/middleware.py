@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
 
 from .config import ServerConfig
 from .errors import (
@@ -25,7 +27,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .outcome import Outcome
-from .request import Handler, Reply, Request
+from .request import APP, Handler, Reply, Request
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
@@ -147,38 +149,34 @@ def route_label(path: str) -> str:
     return "/v1/other" if path.startswith("/v1/") else "other"
 
 
-async def dispatch(
-    route: Callable[[str], tuple[frozenset[str], Handler] | None], request: Request
-) -> Reply:
-    """Request id, routing, limits, OpenAI-format errors, one summary line per request."""
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-    path = request.path
+async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, limits, OpenAI-format errors, one summary line per request.
+
+    Every route's aiohttp handler is this, with its seamline ``handler`` bound (no
+    aiohttp middleware: each would be one more coroutine frame for a stream's life)."""
+    req = Request(request, request.app[APP])
+    given = req.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
+    path = req.path
     outcome = Outcome(request_id=request_id, route=path)
-    request.outcome = outcome
-    gate = request.app.gate
+    req.outcome = outcome
+    gate = req.app.gate
     api = path.startswith("/v1/")
     admitted = False
     try:
         if api:
-            check_api_path(request.raw_path)
-            gate.admit(request)
+            check_api_path(req.raw_path)
+            gate.admit(req)
             admitted = True
             gate.enter()
-        found = route(path)
-        if found is None:
-            raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
-        methods, handler = found
-        if request.method not in methods:
-            raise MethodNotAllowed("method not allowed for this path")
-        resp = await handler(request)
+        resp = await handler(req)
     except SeamlineError as err:
         resp = error_response(err, request_id)
         outcome.error = err.message
     except asyncio.CancelledError:
         # The client went away: still one line, still counted.
         outcome.client_gone = True
-        _book(request, outcome, api)
+        _book(req, outcome, api)
         raise
     except ConnectionResetError as exc:
         # The client went away while its answer was being written (or read from it):
@@ -199,8 +197,18 @@ async def dispatch(
     # request is JSON, and its bytes are no stream bytes in the metrics or the log line.
     outcome.stream = outcome.stream and resp.content_type == "text/event-stream"
     outcome.status = outcome.status or resp.status
-    _book(request, outcome, api)
-    return resp
+    _book(req, outcome, api)
+    return req.answer(resp)
+
+
+async def not_found(request: Request) -> Reply:
+    """Any path no route serves."""
+    raise NotFound("unknown path; seamline serves the OpenAI API under /v1")
+
+
+async def method_not_allowed(request: Request) -> Reply:
+    """A path served, with another method."""
+    raise MethodNotAllowed("method not allowed for this path")
 
 
 def _book(request: Request, outcome: Outcome, api: bool) -> None:

@@ -56,6 +56,24 @@ class ClientStream:
     cutting the connection; it is never sent while a write is pending.
     """
 
+    __slots__ = (
+        "_beat",
+        "_drain",
+        "_heartbeat",
+        "_loop",
+        "_on_start",
+        "_timer",
+        "headers",
+        "last_read",
+        "log",
+        "outcome",
+        "prepared",
+        "request",
+        "secrets",
+        "status",
+        "writing",
+    )
+
     def __init__(
         self,
         request: Request,
@@ -70,7 +88,6 @@ class ClientStream:
     ) -> None:
         self.request = request
         self.secrets = secrets
-        self.chunked = request.chunked_ok
         self._on_start = on_start
         self.status = status
         self.headers = headers
@@ -78,7 +95,6 @@ class ClientStream:
         self.log = log
         self.prepared = False
         self.writing = False
-        self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self.last_read = self._loop.time()
         self._heartbeat = heartbeat
@@ -98,15 +114,10 @@ class ClientStream:
         outcome.bytes_out += len(data)
         if self.log is not None:
             self.log.debug("client_write", size=len(data), data=shown(data, trace_bytes()))
-        transport = self._transport
-        if transport is not None:
+        if self.prepared:
             # After the headers: one chunk, one transport write (``write_now`` is the
             # same for pushed reads).
-            if transport.is_closing():
-                raise ConnectionResetError("the client closed the connection")
-            frame = b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
-            transport.write(frame + self.request.last_chunk() if last else frame)
-            if transport.get_write_buffer_size() > _HIGH_WATER:
+            if self.request.send(data, last) > _HIGH_WATER:
                 self.writing = True
                 try:
                     await self.request.drain()
@@ -120,9 +131,12 @@ class ClientStream:
         if self._on_start is not None:
             self._on_start()
             self._on_start = None
-        self.request.start_stream(self.status, self.headers, data, last)
-        self.headers = _SENT
-        self._transport = self.request.transport
+        headers, self.headers = self.headers, _SENT
+        self.writing = True  # no heartbeat meanwhile
+        try:
+            await self.request.start_stream(self.status, headers, data, last)
+        finally:
+            self.writing = False
 
     def write_now(self, data: bytes, upstream: Response, last: bool = False) -> None:
         """``write`` for a pushed body, called from the upstream socket's callback once
@@ -138,13 +152,7 @@ class ClientStream:
         self.outcome.bytes_out += len(data)
         if self.log is not None:
             self.log.debug("client_write", size=len(data), data=shown(data, trace_bytes()))
-        transport = self._transport
-        assert transport is not None
-        if transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        frame = b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
-        transport.write(frame + self.request.last_chunk() if last else frame)
-        if transport.get_write_buffer_size() > _HIGH_WATER and not self.writing:
+        if self.request.send(data, last) > _HIGH_WATER and not self.writing:
             self.writing = True
             upstream.pause()
             self._drain = self._loop.create_task(self._wait_drained(upstream))

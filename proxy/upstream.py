@@ -6,7 +6,9 @@ import asyncio
 import fnmatch
 import functools
 import re
+import weakref
 from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import aiohttp
 from multidict import CIMultiDict
@@ -220,13 +222,14 @@ async def send(
 class IdleWatch:
     """Fails the body read of ``upstream`` once it has waited ``idle`` seconds for data.
 
-    The reader sets ``last`` when a read returns. One timer per stream, re-armed only
-    when it fires, not rescheduled on every read (a cost paid per event). While
+    The reader sets ``last`` when a read returns; nothing is rescheduled per read (a
+    cost paid per event). A loop's watches share one timer (``_Ticker``), so the
+    timeout fires between ``idle`` and a quarter of it (at most a second) later. While
     ``busy()`` (the reader is waiting for its client, so not reading) the wait does
     not count.
     """
 
-    __slots__ = ("_busy", "_idle", "_loop", "_timer", "_upstream", "last")
+    __slots__ = ("_busy", "_idle", "_loop", "_ticker", "_upstream", "last")
 
     def __init__(
         self,
@@ -234,29 +237,76 @@ class IdleWatch:
         idle: float,
         busy: Callable[[], bool] | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.last = self._loop.time()
+        self._loop = loop = asyncio.get_running_loop()
+        self.last = loop.time()
         self._upstream = upstream
         self._idle = idle
         self._busy = busy
-        self._timer = self._loop.call_later(idle, self._check) if idle > 0 else None
+        self._ticker = _Ticker.of(loop).add(self) if idle > 0 else None
 
     def seen(self) -> None:
         """A read returned: the wait starts again from now."""
         self.last = self._loop.time()
 
-    def _check(self) -> None:
-        now = self._loop.time()
+    def _check(self, now: float) -> None:
         if self._busy is not None and self._busy():
             self.last = now
-        wait = self.last + self._idle - now
-        if wait > 0:
-            self._timer = self._loop.call_later(wait, self._check)
-            return
-        self._timer = None
-        self._upstream.fail(UpstreamTimeout(f"upstream sent nothing for {self._idle:g}s"))
+        elif now - self.last >= self._idle:
+            self.cancel()
+            self._upstream.fail(UpstreamTimeout(f"upstream sent nothing for {self._idle:g}s"))
 
     def cancel(self) -> None:
-        if self._timer is not None:
+        if self._ticker is not None:
+            self._ticker.discard(self)
+            self._ticker = None
+
+
+class _Ticker:
+    """The one timer of a loop's idle watches. A uvloop TimerHandle is about 540 B, and
+    each stream held one for its whole life; this ticks four times per shortest idle
+    timeout in use (at most once a second) while any watch is on, and checks each
+    (about half a microsecond a watch)."""
+
+    __slots__ = ("_every", "_timer", "_watches")
+
+    # A ticker holds no reference to its loop: the entry goes with the loop.
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self._watches: set[IdleWatch] = set()
+        self._every = 1.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Ticker:
+        ticker = cls._by_loop.get(loop)
+        if ticker is None:
+            ticker = cls._by_loop[loop] = cls()
+        return ticker
+
+    def add(self, watch: IdleWatch) -> _Ticker:
+        self._watches.add(watch)
+        every = min(1.0, watch._idle / 4)
+        if self._timer is None or every < self._every:
+            self._every = every
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(every, self._tick)
+        return self
+
+    def discard(self, watch: IdleWatch) -> None:
+        self._watches.discard(watch)
+        if not self._watches and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for watch in list(self._watches):
+            watch._check(now)
+        if self._watches:
+            self._timer = loop.call_later(self._every, self._tick)

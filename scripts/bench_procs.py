@@ -185,6 +185,7 @@ def seamline_config(upstream_port: int) -> str:
         f'host = "{HOST}"\n'
         "heartbeat_s = 0\n"
         "max_concurrent = 50000\n"
+        "drain_grace_s = 0\n"  # restarts between scenarios need no load balancer's grace
         "[state]\n"
         'path = ":memory:"\n'
         "[[accounts]]\n"

@@ -29,6 +29,9 @@ PYTHON_M = [sys.executable, "-m", "proxy"]
 # Only PATH: no API key variable, no proxy settings, nothing secret from the test runner.
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 ACCOUNT = '[[accounts]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n'
+# A [server] table whose SIGTERM stops at once: no readiness grace (tests/test_ops.py
+# tests the grace).
+NO_GRACE = "[server]\ndrain_grace_s = 0\n"
 
 
 def run(
@@ -360,7 +363,8 @@ def test_serve_announces_itself_answers_and_stops_cleanly_on_sigterm(
     port = free_port()
     config = write(
         tmp_path,
-        f"[server]\nport = {port}\n"
+        NO_GRACE
+        + f"port = {port}\n"
         + ACCOUNT
         + ACCOUNT.replace('"a"', '"b"')
         + 'proxy = "http://me:pr0xy-s3cret@127.0.0.1:3128"\n',
@@ -391,7 +395,9 @@ def test_a_first_start_with_the_example_config_warns_only_of_no_client_auth(
 ) -> None:
     # Common hard open-file limits: a default nobody set must not warn about them.
     config = tmp_path / "config.toml"
-    config.write_text(EXAMPLE.read_text("utf-8").replace("port = 8080", "port = 0"))
+    text = EXAMPLE.read_text("utf-8").replace("port = 8080", "port = 0")
+    text = text.replace("drain_grace_s = 5 ", "drain_grace_s = 0 ")
+    config.write_text(text)
     limited = ["bash", "-c", f'ulimit -Sn 256 && ulimit -Hn {hard_limit} && exec "$@"', "bash"]
     server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
     server.wait_for_line("seamline listening on ")
@@ -411,7 +417,7 @@ def test_host_and_port_options_override_the_config(
         busy_port = busy.getsockname()[1]
         config = write(
             tmp_path,
-            f'[server]\nhost = "192.0.2.1"\nport = {busy_port}\n'
+            NO_GRACE + f'host = "192.0.2.1"\nport = {busy_port}\n'
             'api_keys = ["client-key-1234"]\n' + ACCOUNT,
         )
         port = free_port()
@@ -429,7 +435,7 @@ def test_host_and_port_options_override_the_config(
 def test_serve_with_port_0_announces_the_port_it_got(
     tmp_path: Path, start_server: Callable[[list[str]], Server]
 ) -> None:
-    config = write(tmp_path, "[server]\nport = 0\n" + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + "port = 0\n" + ACCOUNT)
     server = start_server([*PYTHON_M, "serve", "--config", str(config)])
     line = server.wait_for_line("seamline listening on ")
     port = int(line.removeprefix("seamline listening on http://127.0.0.1:").removesuffix("/v1"))
@@ -451,7 +457,7 @@ def _ipv6_loopback() -> bool:
 def test_ipv6_listen_address_is_announced_as_a_valid_url(
     tmp_path: Path, start_server: Callable[[list[str]], Server]
 ) -> None:
-    config = write(tmp_path, "[server]\nport = 0\n" + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + "port = 0\n" + ACCOUNT)
     server = start_server([SEAMLINE, "serve", "--config", str(config), "--host", "::1"])
     line = server.wait_for_line("seamline listening on ")
     assert line.startswith("seamline listening on http://[::1]:")
@@ -486,7 +492,7 @@ def test_serve_raises_its_open_file_limit_and_warns_when_it_is_too_low(
     # Soft 256, hard 512: seamline raises the soft limit to 512, which holds 100 streams
     # (two sockets each) but not 1000. Left out, the limit is derived from it: no warning.
     setting = "" if max_concurrent is None else f"max_concurrent = {max_concurrent}\n"
-    config = write(tmp_path, "[server]\nport = 0\n" + setting + ACCOUNT)
+    config = write(tmp_path, NO_GRACE + "port = 0\n" + setting + ACCOUNT)
     limited = ["bash", "-c", 'ulimit -Sn 256 && ulimit -Hn 512 && exec "$@"', "bash"]
     server = start_server([*limited, *PYTHON_M, "serve", "--config", str(config)])
     server.wait_for_line("seamline listening on ")

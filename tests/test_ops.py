@@ -53,7 +53,8 @@ def account(name: str, url: str, **opts: Any) -> str:
 
 def conf(*accounts: str, routing: str = "", **server: Any) -> str:
     """A config: port 0, the admin key (None: none), memory state, ``server`` options."""
-    opts = {k: v for k, v in {"port": 0, "admin_key": ADMIN_KEY, **server}.items() if v is not None}
+    defaults = {"port": 0, "admin_key": ADMIN_KEY, "drain_grace_s": 0}
+    opts = {k: v for k, v in {**defaults, **server}.items() if v is not None}
     head = "[server]\n" + toml(**opts)
     head += f'[routing]\n{routing}\n[state]\npath = ":memory:"\n'
     return head + "".join(accounts)
@@ -1144,6 +1145,42 @@ async def test_sigterm_lets_a_stream_finish_within_drain_s_and_exits_0(
     assert first + rest == b"".join(expected)
     assert await server.exit_code() == 0
     assert time.monotonic() - started < 4, "waited for the deadline, not for the stream"
+    assert server.events("drain_deadline_passed") == []
+    assert "Traceback" not in server.stderr
+
+
+async def test_sigterm_keeps_the_listener_open_for_the_grace_answering_readyz_503_on_it(
+    upstream: Upstream, serve: StartServe, tmp_path: Path
+) -> None:
+    text = conf(account("a", upstream.url), drain_grace_s=1.0, drain_s=5)
+    server = await serve(write_config(tmp_path / "s.toml", text))
+    expected = sse_stream("one", "two", "three", "four")
+    upstream.script(*expected, pause=0.5)  # outlasts the grace
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as streaming,
+        streaming.post(server.base + "/chat/completions", data=request_body()) as resp,
+    ):
+        first = await resp.content.readuntil(b"\n\n")
+        server.signal(signal.SIGTERM)
+        await server.event("draining")
+        began = time.monotonic()
+        # New connections (each fetch opens one) are accepted, and told "not ready".
+        ready = await fetch("GET", root(server.base) + "/readyz")
+        assert ready.status == 503
+        assert ready.json()["status"] == "draining"
+        assert (await fetch("HEAD", root(server.base) + "/readyz")).status == 503
+        assert (await fetch("GET", root(server.base) + "/healthz")).status == 200
+        refused = await post(server.base)
+        assert refused.status == 503
+        assert refused.json()["error"]["message"] == "seamline is shutting down"
+        assert time.monotonic() - began < 1.0, "the checks above took the grace"
+        # Past the grace the listener is closed; the stream in flight goes on.
+        await asyncio.sleep(began + 1.3 - time.monotonic())
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await fetch("GET", root(server.base) + "/readyz")
+        rest = await resp.read()
+    assert first + rest == b"".join(expected)
+    assert await server.exit_code() == 0
     assert server.events("drain_deadline_passed") == []
     assert "Traceback" not in server.stderr
 
