@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .egress import DIRECT, EnvProxies, ProxyURL, Setting, from_env, parse_proxy, route
+from proxy.upstream.egress import (
+    DIRECT,
+    EnvProxies,
+    ProxyURL,
+    Setting,
+    from_env,
+    parse_proxy,
+    route,
+)
 
 T = TypeVar("T")
 

@@ -55,7 +55,7 @@ from bench_procs import (
 )
 from bench_report import Figure, figures, ratio, table
 
-from proxy.cli import raise_open_file_limit  # the same raise seamline makes at start
+from proxy.cli.main import raise_open_file_limit  # the same raise seamline makes at start
 
 ALL_TARGETS = ("direct", "seamline", "nginx")
 ALL_SCENARIOS = ("ttfb", "latency", "throughput", "load", "paced", "concurrent")

@@ -16,7 +16,7 @@ import openai
 from aiohttp import web
 
 from proxy import config as cfg
-from proxy.app import start
+from proxy.gateway.app import start
 
 WORDS = ["The ", "quick ", "brown ", "fox ", "jumps."]
 

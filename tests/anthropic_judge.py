@@ -22,9 +22,9 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai._streaming import Stream as OpenAIStream
 from openai.types.chat import ChatCompletionChunk
 
-from proxy.dialects.anthropic_events import Event, encode
-from proxy.dialects.anthropic_stream import ChatToAnthropic
-from proxy.sse import Reframer
+from proxy.core.dialects.anthropic_events import Event, encode
+from proxy.core.dialects.anthropic_stream import ChatToAnthropic
+from proxy.core.sse import Reframer
 
 # One client each for the whole run: making one costs ~50 ms, and none opens a socket.
 _ANTHROPIC = anthropic.Anthropic(api_key="sk-ant-test", base_url="http://upstream.invalid")

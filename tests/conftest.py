@@ -14,7 +14,7 @@ import uvloop
 from aiohttp import web
 
 from proxy import config as cfg
-from proxy.app import Runner, start
+from proxy.gateway.app import Runner, start
 
 
 @dataclass

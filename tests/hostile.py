@@ -37,8 +37,8 @@ from peers import (
     large,
 )
 
-from proxy import wire
 from proxy.errors import UpstreamError
+from proxy.upstream import wire
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import pytest
 from aiohttp import web
 
-from proxy import wire
+from proxy.upstream import wire
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel
 
-from proxy.dialects.responses_common import sequential_ids
-from proxy.dialects.responses_request import ChatRequest, translate_request
-from proxy.dialects.responses_stream import ChatToResponses
+from proxy.core.dialects.responses_common import sequential_ids
+from proxy.core.dialects.responses_request import ChatRequest, translate_request
+from proxy.core.dialects.responses_stream import ChatToResponses
 
 # The SDK's union marks its discriminator in its own way, so pydantic would try its
 # sixty members in turn: validating against the member ``type`` names is much faster.

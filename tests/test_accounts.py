@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from proxy.accounts import (
+from proxy.pool.accounts import (
     Block,
     Limits,
     Pool,
@@ -19,7 +19,7 @@ from proxy.accounts import (
     last_reset,
     next_reset,
 )
-from proxy.health import Verdict, classify, parse_retry_after
+from proxy.pool.health import Verdict, classify, parse_retry_after
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
 

@@ -16,10 +16,10 @@ from aiohttp import web
 from replicas import RedisServer, redis_server
 
 from proxy import config as cfg
-from proxy.accounts_cli import login
-from proxy.redis_link import RedisLink
-from proxy.redis_store import RedisStore
-from proxy.state import SQLiteStore
+from proxy.cli.accounts import login
+from proxy.state.redis_link import RedisLink
+from proxy.state.redis_store import RedisStore
+from proxy.state.store import SQLiteStore
 
 __all__ = ["redis_server"]  # a fixture, imported to be found by pytest
 
@@ -166,8 +166,8 @@ async def test_status_on_a_corrupt_state_file_is_one_line_exit_2(tmp_path: Path)
 
 
 async def test_a_corrupt_state_file_is_moved_aside_and_seamline_starts(tmp_path: Path) -> None:
-    from proxy.accounts import Limits, Pool
-    from proxy.state import Persister
+    from proxy.pool.accounts import Limits, Pool
+    from proxy.state.store import Persister
 
     db = tmp_path / "state.db"
     db.write_bytes(b"this is not a database" * 100)

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai._streaming import ServerSentEvent, SSEDecoder
 
-from proxy.convert import Aggregator, completion_to_sse
-from proxy.repair import DONE_EVENT, OpenAIShaper
-from proxy.sse import Reframer
+from proxy.core.convert import Aggregator, completion_to_sse
+from proxy.core.shaper import DONE_EVENT, OpenAIShaper
+from proxy.core.sse import Reframer
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
 

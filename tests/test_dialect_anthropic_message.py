@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 from test_dialect_anthropic_request import CLAUDE_CODE
 
-from proxy.convert import Aggregator
-from proxy.dialects.anthropic_errors import (
+from proxy.core.convert import Aggregator
+from proxy.core.dialects.anthropic_errors import (
     AnthropicError,
     error_body,
     error_type,
@@ -25,21 +25,21 @@ from proxy.dialects.anthropic_errors import (
     status_of,
     to_openai,
 )
-from proxy.dialects.anthropic_events import EndingCheck, encode, make
-from proxy.dialects.anthropic_message import (
+from proxy.core.dialects.anthropic_events import EndingCheck, encode, make
+from proxy.core.dialects.anthropic_message import (
     completion_to_message,
     message_to_completion,
     tool_input,
 )
-from proxy.dialects.anthropic_tokens import (
+from proxy.core.dialects.anthropic_tokens import (
     chat_tokens,
     count_tokens,
     image_size,
     image_tokens,
     text_tokens,
 )
-from proxy.repair import error_status
-from proxy.sse import Reframer
+from proxy.core.shaper import error_status
+from proxy.core.sse import Reframer
 
 
 def completion(message: dict[str, Any], finish: str = "stop", **extra: Any) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from proxy.dialects.anthropic_errors import AnthropicError
-from proxy.dialects.anthropic_maps import chat_tool_name
-from proxy.dialects.anthropic_request import (
+from proxy.core.dialects.anthropic_errors import AnthropicError
+from proxy.core.dialects.anthropic_maps import chat_tool_name
+from proxy.core.dialects.anthropic_request import (
     ChatTarget,
     ReasoningSwitch,
     clamp_effort,

@@ -15,18 +15,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_dialect_anthropic_stream import chat_streams
 
-from proxy.convert import Aggregator
-from proxy.dialects.anthropic_chat_stream import AnthropicToChat
-from proxy.dialects.anthropic_errors import error_body
-from proxy.dialects.anthropic_events import encode, make
-from proxy.dialects.anthropic_request import to_chat
-from proxy.dialects.anthropic_reverse import (
+from proxy.core.convert import Aggregator
+from proxy.core.dialects.anthropic_chat_stream import AnthropicToChat
+from proxy.core.dialects.anthropic_errors import error_body
+from proxy.core.dialects.anthropic_events import encode, make
+from proxy.core.dialects.anthropic_request import to_chat
+from proxy.core.dialects.anthropic_reverse import (
     DEFAULT_MAX_TOKENS,
     ChatRequestError,
     MessagesTarget,
     to_messages,
 )
-from proxy.sse import Reframer
+from proxy.core.sse import Reframer
 
 
 def messages_body(**fields: Any) -> dict[str, Any]:

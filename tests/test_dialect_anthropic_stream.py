@@ -27,8 +27,8 @@ from anthropic_judge import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.dialects.anthropic_events import Event, encode, ping
-from proxy.dialects.anthropic_stream import ChatToAnthropic
+from proxy.core.dialects.anthropic_events import Event, encode, ping
+from proxy.core.dialects.anthropic_stream import ChatToAnthropic
 
 # --- the shape every stream must have ---------------------------------------------------
 

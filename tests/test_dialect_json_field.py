@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.dialects.json_field import JsonField, final
+from proxy.core.dialects.json_field import JsonField, final
 
 
 def decode(pieces: list[str]) -> tuple[str, JsonField]:

@@ -15,8 +15,8 @@ from openai.types.responses.response_create_params import ResponseCreateParamsSt
 from pydantic import TypeAdapter
 from responses_support import USAGE, Answer, answers, chunk, client, run, usage_chunk
 
-from proxy.convert import Aggregator
-from proxy.dialects.responses import (
+from proxy.core.convert import Aggregator
+from proxy.core.dialects.responses import (
     EndingCheck,
     RequestError,
     ResponsesToChat,
@@ -26,8 +26,8 @@ from proxy.dialects.responses import (
     ended_properly,
     response_to_completion,
 )
-from proxy.repair import DONE_EVENT
-from proxy.sse import Reframer
+from proxy.core.shaper import DONE_EVENT
+from proxy.core.sse import Reframer
 
 CREATE = TypeAdapter(ResponseCreateParamsStreaming)
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from openai.types.responses import Response
 
-from proxy.dialects.responses_common import RequestError, ToolRef, response_object
-from proxy.dialects.responses_request import (
+from proxy.core.dialects.responses_common import RequestError, ToolRef, response_object
+from proxy.core.dialects.responses_request import (
     IGNORED,
     ChatRequest,
     translate_request,

@@ -34,15 +34,15 @@ from responses_support import (
     validate,
 )
 
-from proxy.dialects.responses_answer import completion_to_response
-from proxy.dialects.responses_common import (
+from proxy.core.dialects.responses_answer import completion_to_response
+from proxy.core.dialects.responses_common import (
     UpstreamFailure,
     encode_event,
     encode_events,
     sequential_ids,
 )
-from proxy.dialects.responses_request import translate_request
-from proxy.sse import Event, Reframer
+from proxy.core.dialects.responses_request import translate_request
+from proxy.core.sse import Event, Reframer
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""proxy.egress: proxy URLs, NO_PROXY and the environment, without any I/O."""
+"""proxy.upstream.egress: proxy URLs, NO_PROXY and the environment, without any I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from proxy.egress import (
+from proxy.upstream.egress import (
     DIRECT,
     EnvProxies,
     ProxyURL,

@@ -30,9 +30,9 @@ from pytest_aiohttp import AiohttpServer
 from conftest import Reply, StartSeamline, Upstream, chunk, client, make_upstream_app, text_of
 from proxy import config as cfg
 from proxy import logs
-from proxy.accounts import Limits, Pool
-from proxy.app import Runner, start
-from proxy.state import MemoryStore, Persister
+from proxy.gateway.app import Runner, start
+from proxy.pool.accounts import Limits, Pool
+from proxy.state.store import MemoryStore, Persister
 
 ADMIN_KEY = "admin-key-3f9a1c-secret"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]

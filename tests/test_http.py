@@ -29,10 +29,10 @@ from structlog.testing import capture_logs
 
 from conftest import Upstream, chunk, config_text, sse_stream
 from proxy import config as cfg
-from proxy import serving
-from proxy.app import Runner, create_app, drain, start, web_app
-from proxy.serving import MAX_FIELD
-from proxy.upstream import make_session
+from proxy.gateway import serving
+from proxy.gateway.app import Runner, create_app, drain, start, web_app
+from proxy.gateway.serving import MAX_FIELD
+from proxy.upstream.call import make_session
 
 # An account that is never called: tests without a /v1 request need no upstream.
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -159,7 +159,7 @@ async def no_loop_errors(_frozen_heap: None) -> AsyncIterator[None]:
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    """Start seamline (``proxy.app.start``) with one account; returns its runner."""
+    """Start seamline (``proxy.gateway.app.start``) with one account; returns its runner."""
     runners: list[Runner] = []
 
     async def _start(url: str = NOWHERE, server: str = "") -> Runner:

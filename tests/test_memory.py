@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from proxy.cli import raise_open_file_limit
+from proxy.cli.main import raise_open_file_limit
 
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}

@@ -23,7 +23,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
-from proxy.oauth import (
+from proxy.upstream.oauth import (
     DEFAULT_BASE_URL,
     DEFAULT_CLIENT_ID,
     DEVICE_GRANT,

@@ -27,8 +27,8 @@ from structlog.testing import capture_logs
 
 from conftest import Reply, Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
 from proxy import config as cfg
-from proxy.app import Runner, drain, start
-from proxy.runtime import reload
+from proxy.gateway.app import Runner, drain, start
+from proxy.gateway.runtime import reload
 
 ADMIN_KEY = "admin-key-7c41d2-secret"
 ROUTE = "/v1/chat/completions"

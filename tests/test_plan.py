@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.forward import ClientRequest, inspect_body, plan_request
+from proxy.gateway.forward import ClientRequest, inspect_body, plan_request
 
 ROUTE = "chat/completions"
 

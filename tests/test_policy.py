@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.policy import Decision, Effect, Failure, Next, decide
+from proxy.pool.policy import Decision, Effect, Failure, Next, decide
 
 QUOTA = json.dumps({"error": {"code": "insufficient_quota", "message": "quota"}}).encode()
 EXTRA = json.dumps({"detail": [{"loc": ["body", "stream_options"], "msg": "Extra inputs"}]})

@@ -32,11 +32,11 @@ from proxies import (
 from structlog.testing import capture_logs
 
 from conftest import StartSeamline, Upstream, client, collect, config_text, sse_stream, text_of
-from proxy import wire
 from proxy.config import parse
-from proxy.egress import ProxyURL, parse_proxy
 from proxy.errors import UpstreamUnreachable
-from proxy.runtime import oauth_accounts
+from proxy.gateway.runtime import oauth_accounts
+from proxy.upstream import wire
+from proxy.upstream.egress import ProxyURL, parse_proxy
 
 __all__ = ["scripted_proxy", "serve", "tinyproxy", "tls_files"]  # fixtures, found by pytest
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai._streaming import ServerSentEvent, SSEDecoder, Stream
 
-from proxy.repair import (
+from proxy.core.shaper import (
     DONE_EVENT,
     PING_EVENTS,
     OpenAIShaper,
@@ -28,7 +28,7 @@ from proxy.repair import (
     error_status,
     normalize_error,
 )
-from proxy.sse import BOM, Comment, Event, Item, Reframer, Stray
+from proxy.core.sse import BOM, Comment, Event, Item, Reframer, Stray
 
 
 def render(

@@ -16,9 +16,9 @@ from replicas import RedisServer, Replica, redis_server, replicas, start_replica
 
 from conftest import Upstream, client, collect, sse_stream, text_of
 from proxy import config as cfg
-from proxy.accounts import Limits, Pool
-from proxy.redis_link import RedisLink
-from proxy.shared import SharedPool
+from proxy.pool.accounts import Limits, Pool
+from proxy.state.redis_link import RedisLink
+from proxy.state.shared import SharedPool
 
 __all__ = ["redis_server", "replicas"]  # fixtures, imported to be found by pytest
 
@@ -269,7 +269,7 @@ async def test_a_crashed_replicas_leases_stop_counting(redis_server: RedisServer
 async def test_an_operators_reset_on_one_replica_clears_the_account_on_the_other(
     redis_server: RedisServer,
 ) -> None:
-    from proxy.redis_store import RedisStore
+    from proxy.state.redis_store import RedisStore
 
     links = [RedisLink(redis_server.url, 1.0) for _ in range(2)]
     one, two = (SharedPool(Pool([Limits("a")]), link, "t") for link in links)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import (
+from proxy.core.sse import (
     BOM,
     DEFAULT_MAX_EVENT_BYTES,
     Comment,

@@ -1,4 +1,4 @@
-"""proxy.wire against a real loopback upstream that writes exact bytes."""
+"""proxy.upstream.wire against a real loopback upstream that writes exact bytes."""
 
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ from peers import (
     tls_upstream,
 )
 
-from proxy import wire, wire_conn
 from proxy.errors import (
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.upstream import conn as wire_conn
+from proxy.upstream import wire
 
 __all__ = ["client", "serve", "tls_files"]  # fixtures, imported to be found by pytest
 

@@ -1,4 +1,4 @@
-"""proxy.wire against upstreams that lie, flood, or talk out of turn (tests/hostile.py)."""
+"""proxy.upstream.wire against upstreams that lie, flood, or talk out of turn (tests/hostile.py)."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ from peers import (
     serve,
 )
 
-from proxy import wire, wire_conn
 from proxy.errors import UpstreamProtocolError
+from proxy.upstream import conn as wire_conn
+from proxy.upstream import wire
 
 __all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
 

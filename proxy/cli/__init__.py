@@ -1,0 +1,1 @@
+"""The command line: seamline serve | check-config | accounts."""

@@ -1,0 +1,1 @@
+"""The proxy itself: the aiohttp app, routes, forwarding, relaying, operations."""

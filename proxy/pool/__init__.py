@@ -1,0 +1,1 @@
+"""The account pool and the failover policy: pure, with an injected clock."""

@@ -1,0 +1,1 @@
+"""Persistence and sharing: the SQLite store, Redis, the shared pool."""
