@@ -20,7 +20,7 @@ from proxy.config import (
     load,
     parse,
 )
-from proxy.upstream.egress import DIRECT, ProxyURL
+from proxy.config.egress import DIRECT, ProxyURL
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"

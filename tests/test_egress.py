@@ -1,4 +1,4 @@
-"""proxy.upstream.egress: proxy URLs, NO_PROXY and the environment, without any I/O."""
+"""proxy.config.egress: proxy URLs, NO_PROXY and the environment, without any I/O."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from proxy.upstream.egress import (
+from proxy.config.egress import (
     DIRECT,
     EnvProxies,
     ProxyURL,

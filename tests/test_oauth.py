@@ -23,19 +23,16 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 from structlog.testing import capture_logs
 
-from proxy.upstream.oauth import (
+from proxy.upstream.credentials import (
     DEFAULT_BASE_URL,
-    DEFAULT_CLIENT_ID,
-    DEVICE_GRANT,
     Credentials,
-    OAuthAccount,
     OAuthError,
     OAuthRevoked,
     base_url_from,
-    device_login,
     load_credentials,
     write_credentials,
 )
+from proxy.upstream.oauth import DEFAULT_CLIENT_ID, DEVICE_GRANT, OAuthAccount, device_login
 
 NOW = 1_700_000_000.0
 ACCESS0 = "at-initial-6f1c2b9e0d4a"

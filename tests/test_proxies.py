@@ -33,10 +33,10 @@ from structlog.testing import capture_logs
 
 from conftest import StartSeamline, Upstream, client, collect, config_text, sse_stream, text_of
 from proxy.config import parse
+from proxy.config.egress import ProxyURL, parse_proxy
 from proxy.errors import UpstreamUnreachable
 from proxy.gateway.runtime import oauth_accounts
 from proxy.upstream import wire
-from proxy.upstream.egress import ProxyURL, parse_proxy
 
 __all__ = ["scripted_proxy", "serve", "tinyproxy", "tls_files"]  # fixtures, found by pytest
 

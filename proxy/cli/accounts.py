@@ -13,11 +13,11 @@ import aiohttp
 from proxy.config import Config
 from proxy.gateway.routing import make_pool
 from proxy.state.store import StateError, States, read_states
+from proxy.upstream.credentials import OAuthError
 from proxy.upstream.oauth import (
     DEFAULT_CLIENT_ID,
     DEFAULT_DEVICE_URL,
     DEFAULT_TOKEN_URL,
-    OAuthError,
     device_login,
 )
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from proxy import __version__
 from proxy.config import AccountConfig, Config, ConfigError, load
+from proxy.config.egress import describe
 from proxy.gateway.runtime import SPARE_FILES
 from proxy.logs import configure, get_logger
-from proxy.upstream.egress import describe
 
 EXIT_CONFIG = 2
 

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
 from proxy.errors import UpstreamError
 from proxy.gateway import serving
+from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
+from proxy.gateway.gate import Gate
 from proxy.gateway.metrics import Metrics
-from proxy.gateway.middleware import Gate, check_client, dispatch, method_not_allowed, not_found
+from proxy.gateway.middleware import (
+    check_client,
+    client_key,
+    dispatch,
+    method_not_allowed,
+    not_found,
+)
 from proxy.gateway.ops import admin_accounts, healthz, metrics, readyz
-from proxy.gateway.request import APP, Handler, Reply, Request
+from proxy.gateway.reply import Reply
+from proxy.gateway.request import Handler, Request
 from proxy.gateway.runtime import (
-    Runtime,
     auto_concurrent,
     build_runtime,
     open_file_limit,
@@ -41,16 +47,6 @@ class ShuttingDown(UpstreamError):
     code = "server_shutting_down"
 
 
-@dataclass
-class App:
-    """What the handlers share: the runtime (swapped by a reload), admission, metrics."""
-
-    runtime: Runtime
-    gate: Gate
-    metrics: Metrics
-    session: aiohttp.ClientSession | None = None  # OAuth token calls only
-
-
 def proxy(request: Request) -> Awaitable[Reply]:
     """Forward one /v1 request to an upstream account and relay its answer.
 
@@ -59,7 +55,7 @@ def proxy(request: Request) -> Awaitable[Reply]:
     app = request.app
     rt = app.runtime
     check_client(request, rt.router.config.server.api_keys)
-    app.gate.rate(request)
+    app.gate.rate(client_key(request))
     assert app.session is not None
     return forward(
         request,

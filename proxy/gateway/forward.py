@@ -29,13 +29,13 @@ from proxy.gateway.relay import (
     EarlyError,
     collect_stream,
     first_read,
-    read_body,
     relay_stream,
 )
-from proxy.gateway.request import Reply, Request
+from proxy.gateway.reply import Reply
+from proxy.gateway.request import Request
 from proxy.gateway.routing import Bodies, FailedAnswer, Router, UpstreamAnswer
 from proxy.logs import get_logger, mask, redactor
-from proxy.upstream.call import header_filter, response_headers
+from proxy.upstream.call import header_filter, read_body, response_headers
 from proxy.upstream.wire import Client, Response
 
 log = get_logger("seamline")

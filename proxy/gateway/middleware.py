@@ -6,27 +6,21 @@ import asyncio
 import hmac
 import os
 import re
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from proxy.config import ServerConfig
 from proxy.errors import (
-    BodyTooLarge,
     InvalidPath,
     MethodNotAllowed,
-    NoAccount,
     NotFound,
-    RateLimited,
     SeamlineError,
     Unauthorized,
 )
+from proxy.gateway.appstate import APP
 from proxy.gateway.outcome import Outcome
-from proxy.gateway.request import APP, Handler, Reply, Request
+from proxy.gateway.reply import Reply
+from proxy.gateway.request import Handler, Request
 from proxy.logs import get_logger
 
 log = get_logger("seamline")
@@ -44,78 +38,6 @@ _DOT_SEGMENTS = frozenset({".", ".."})
 # that decodes twice). Servers and the proxies in front of them disagree on each.
 _BAD_RAW_PATH = re.compile(r"\\|%5c|;|%3b|%25[0-9a-f]{2}", re.IGNORECASE)
 CLIENT_CLOSED = 499
-
-
-@dataclass
-class Gate:
-    """Process-wide admission state: draining, requests in flight, client rate windows.
-
-    The limits are read from ``server()`` for each request, so a reload applies them.
-    """
-
-    server: Callable[[], ServerConfig] = ServerConfig
-    # server.max_concurrent when the config leaves it out: what the open-file limit
-    # allows at start (each stream holds two sockets).
-    auto_concurrent: int = 0
-    draining: bool = False
-    in_flight: int = 0
-    windows: dict[str, deque[float]] = field(default_factory=dict)
-    on_done: Callable[[Outcome, str], None] | None = None
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def enter(self) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self.idle.set()
-
-    async def wait_idle(self, seconds: float) -> bool:
-        """Wait until no request is in flight; False when ``seconds`` passed first."""
-        if not self.in_flight:
-            return True
-        try:
-            await asyncio.wait_for(self.idle.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    def admit(self, request: Request) -> None:
-        """Raise unless the request may go on now."""
-        s = self.server()
-        if self.draining:
-            raise NoAccount("seamline is shutting down", retry_after=1)
-        limit = self.auto_concurrent if s.max_concurrent is None else s.max_concurrent
-        if limit and self.in_flight >= limit:
-            raise NoAccount("too many concurrent requests", retry_after=1)
-        length = request.content_length
-        if length is not None and length > s.max_body_bytes:
-            # Refused before a byte of it is read.
-            raise BodyTooLarge(f"request body exceeds {s.max_body_bytes} bytes")
-
-    def rate(self, request: Request) -> None:
-        """429 once this client key has made client_rpm requests in the last minute."""
-        client_rpm = self.server().client_rpm
-        if not client_rpm:
-            return
-        now = time.monotonic()
-        if len(self.windows) > 10_000:
-            self.windows = {k: w for k, w in self.windows.items() if w and w[-1] > now - 60}
-        # Keyed by a digest so that no client key is kept in memory as such.
-        window = self.windows.setdefault(_digest(client_key(request)), deque())
-        while window and window[0] <= now - 60:
-            window.popleft()
-        if len(window) >= client_rpm:
-            raise RateLimited(
-                "rate limit for this API key reached", retry_after=window[0] + 60 - now
-            )
-        window.append(now)
-
-
-def _digest(key: str) -> str:
-    return hmac.new(b"seamline-client", key.encode(), "sha256").hexdigest()
 
 
 def check_api_path(raw_path: str) -> None:
@@ -166,7 +88,7 @@ async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse
     try:
         if api:
             check_api_path(req.raw_path)
-            gate.admit(req)
+            gate.admit(req.content_length)
             admitted = True
             gate.enter()
         resp = await handler(req)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+from proxy.config.egress import describe
 from proxy.errors import NotFound
 from proxy.gateway.metrics import CONTENT_TYPE
 from proxy.gateway.middleware import check_client
-from proxy.gateway.request import Reply, Request
-from proxy.upstream.egress import describe
+from proxy.gateway.reply import Reply
+from proxy.gateway.request import Request
 
 
 def json_reply(body: object, status: int = 200, indent: int | None = None) -> Reply:

@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
@@ -30,7 +30,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.gateway.outcome import Outcome
-from proxy.gateway.request import Reply, Request, Streamed
+from proxy.gateway.reply import Reply, Streamed
 from proxy.logs import mask, shown, trace_bytes
 from proxy.upstream.call import IdleWatch
 from proxy.upstream.wire import NO_HEADERS, Response
@@ -41,6 +41,26 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 KEEPALIVE = b": keep-alive\n\n"
+
+
+class ClientSide(Protocol):
+    """What the relay needs of the client's request: its answer's writing surface
+    (``request.Request`` is one; the relay knows nothing else of the request)."""
+
+    @property
+    def ended(self) -> bool: ...
+
+    def send(self, data: bytes, last: bool = False) -> int: ...
+
+    async def start_stream(
+        self, status: int, headers: CIMultiDict[str], data: bytes, last: bool = False
+    ) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def end_stream(self) -> None: ...
+
+
 _SENT: CIMultiDict[str] = CIMultiDict()  # a stream's headers, once they went out
 # Past this many bytes queued towards the client, wait for its socket to drain
 # (backpressure: meanwhile the upstream is not read either).
@@ -76,7 +96,7 @@ class ClientStream:
 
     def __init__(
         self,
-        request: Request,
+        request: ClientSide,
         status: int,
         headers: CIMultiDict[str],
         outcome: Outcome,
@@ -196,7 +216,7 @@ class ClientStream:
 
 
 async def relay_stream(
-    request: Request,
+    request: ClientSide,
     upstream: Response,
     headers: CIMultiDict[str],
     shaper: OpenAIShaper,
@@ -368,27 +388,6 @@ def _status_error(
     )
     out_headers["Content-Type"] = "application/json"
     return EarlyError(status, payload, out_headers)
-
-
-async def read_body(
-    upstream: Response, limit: int, timeouts: Timeouts, first: bytes = b""
-) -> bytes:
-    """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes;
-    ``first`` is its first read, when the caller already made it."""
-    parts: list[bytes] = [first]
-    size = len(first)
-    watch = IdleWatch(upstream, timeouts.idle)
-    try:
-        while chunk := await upstream.read():
-            watch.seen()
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamError(f"upstream response exceeds {limit} bytes")
-            parts.append(chunk)
-    finally:
-        watch.cancel()
-        upstream.close()
-    return b"".join(parts)
 
 
 async def collect_stream(

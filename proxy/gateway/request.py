@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -39,48 +38,10 @@ from proxy.errors import (
     RequestTimeout,
     UnsupportedEncoding,
 )
+from proxy.gateway.appstate import App
 from proxy.gateway.outcome import Outcome
+from proxy.gateway.reply import Reply
 from proxy.gateway.serving import Unreadable
-
-if TYPE_CHECKING:
-    from proxy.gateway.app import App
-
-
-class Reply:
-    """A whole answer: status, headers, body."""
-
-    __slots__ = ("body", "headers", "status")
-
-    prepared = False  # a streamed answer went out already; see ``Streamed``
-
-    def __init__(
-        self,
-        status: int = 200,
-        body: bytes = b"",
-        headers: CIMultiDict[str] | dict[str, str] | None = None,
-        content_type: str | None = None,
-    ) -> None:
-        self.status = status
-        self.body = body
-        # A multidict passed in is the caller's to give away: not copied.
-        self.headers: CIMultiDict[str] = (
-            headers if isinstance(headers, CIMultiDict) else CIMultiDict(headers or ())
-        )
-        if content_type is not None:
-            self.headers["Content-Type"] = content_type
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-
-
-class Streamed(Reply):
-    """An answer the handler already sent, head and body, through the request."""
-
-    __slots__ = ()
-
-    prepared = True
-
 
 # What a stream ends with: the last chunk of the chunked coding, no trailer.
 LAST_CHUNK = b"0\r\n\r\n"
@@ -334,7 +295,6 @@ class Request:
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
-APP: web.AppKey[App] = web.AppKey("app")
 
 
 def _read_whole(content: StreamReader, parts: list[bytes]) -> bytes:

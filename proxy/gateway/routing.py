@@ -28,13 +28,14 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.gateway.outcome import Attempt, Outcome
-from proxy.gateway.relay import read_body
 from proxy.logs import get_logger, redactor, shown, trace_bytes
 from proxy.pool.accounts import ACCOUNT, AccountState, Limits, Pool, Strategy
 from proxy.pool.health import parse_retry_after
 from proxy.pool.policy import Decision, Effect, Failure, Next, decide
 from proxy.upstream import call as up
-from proxy.upstream.oauth import OAuthAccount, OAuthError, OAuthRevoked
+from proxy.upstream.call import read_body
+from proxy.upstream.credentials import OAuthError, OAuthRevoked
+from proxy.upstream.oauth import OAuthAccount
 from proxy.upstream.wire import Client, Response
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import aiohttp
 from multidict import CIMultiDict
 
 from proxy.config import AccountConfig, Timeouts
-from proxy.errors import UpstreamTimeout
+from proxy.config.egress import ProxyURL
+from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.logs import redactor
-from proxy.upstream.egress import ProxyURL
 from proxy.upstream.wire import Client, Response
 
 HOP_BY_HOP = frozenset(
@@ -310,3 +310,24 @@ class _Ticker:
             watch._check(now)
         if self._watches:
             self._timer = loop.call_later(self._every, self._tick)
+
+
+async def read_body(
+    upstream: Response, limit: int, timeouts: Timeouts, first: bytes = b""
+) -> bytes:
+    """Read a whole non-streamed upstream body, refusing one over ``limit`` bytes;
+    ``first`` is its first read, when the caller already made it."""
+    parts: list[bytes] = [first]
+    size = len(first)
+    watch = IdleWatch(upstream, timeouts.idle)
+    try:
+        while chunk := await upstream.read():
+            watch.seen()
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"upstream response exceeds {limit} bytes")
+            parts.append(chunk)
+    finally:
+        watch.cancel()
+        upstream.close()
+    return b"".join(parts)

@@ -17,8 +17,8 @@ from typing import Any, Protocol, TypeAlias, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config.egress import ProxyURL
 from proxy.errors import UpstreamError, UpstreamProtocolError
-from proxy.upstream.egress import ProxyURL
 
 # What pooled connections are kept apart by: scheme, host, port, and the proxy they go
 # through (None: direct), so that a proxied and a direct connection never mix.

@@ -10,23 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 
-from proxy.errors import UpstreamError
+from proxy.config.egress import ProxyURL
 from proxy.logs import get_logger
-from proxy.upstream.egress import ProxyURL
+from proxy.upstream.credentials import (
+    KNOWN_FIELDS,
+    Credentials,
+    OAuthError,
+    OAuthRevoked,
+    base_url_from,
+    credentials_from,
+    load_credentials,
+    number_of,
+    text_of,
+    write_credentials,
+)
 
 if TYPE_CHECKING:
     from proxy.upstream.oauth_share import TokenShare
@@ -34,141 +43,18 @@ if TYPE_CHECKING:
 DEFAULT_TOKEN_URL = "https://chat.qwen.ai/api/v1/oauth2/token"
 DEFAULT_DEVICE_URL = "https://chat.qwen.ai/api/v1/oauth2/device/code"
 DEFAULT_CLIENT_ID = "f0304373b74a44d2b584a3fb70ca9e56"  # qwen-code's public client id
-DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
 DEFAULT_CREDENTIALS_PATH = "~/.qwen/oauth_creds.json"
 DEFAULT_SCOPE = "openid profile email model.completion"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 _REVOKING_ERRORS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
-_KNOWN_FIELDS = ("access_token", "refresh_token", "token_type", "resource_url", "expiry_date")
 _DEVICE_FINAL = {
     "expired_token": "the code expired before the login was completed",
     "access_denied": "the login was denied",
 }
 
 log = get_logger(__name__)
-
-
-class OAuthError(UpstreamError):
-    """The account's OAuth credentials are unusable right now (file, network, server)."""
-
-    code = "oauth_error"
-
-
-class OAuthRevoked(OAuthError):
-    """The token endpoint rejected the refresh token: the user must log in again."""
-
-    code = "oauth_revoked"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """One qwen-code login; ``expiry_date`` is in epoch milliseconds."""
-
-    access_token: str = field(repr=False)
-    refresh_token: str = field(repr=False)
-    token_type: str = "Bearer"
-    resource_url: str | None = None
-    expiry_date: int = 0
-    # Fields of the file this module does not know; written back untouched.
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def expires_at(self) -> float:
-        return self.expiry_date / 1000
-
-    def to_json(self) -> dict[str, Any]:
-        known = {k: getattr(self, k) for k in _KNOWN_FIELDS}
-        return {**self.extra, **{k: v for k, v in known.items() if v is not None}}
-
-
-def _text(value: Any) -> str | None:
-    """``value`` when it is a non-empty string."""
-    return value if isinstance(value, str) and value else None
-
-
-def _number(value: Any) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if ok else None
-
-
-def credentials_from(data: Any, where: str) -> Credentials:
-    if not isinstance(data, dict):
-        raise OAuthError(f"{where}: expected a JSON object")
-    access, refresh = _text(data.get("access_token")), _text(data.get("refresh_token"))
-    if access is None or refresh is None:
-        missing = "access_token" if access is None else "refresh_token"
-        raise OAuthError(f"{where}: {missing} is missing or not a string")
-    expiry = _number(data.get("expiry_date", 0))
-    if expiry is None:
-        raise OAuthError(f"{where}: expiry_date is not a number (epoch milliseconds)")
-    return Credentials(
-        access_token=access,
-        refresh_token=refresh,
-        token_type=_text(data.get("token_type")) or "Bearer",
-        resource_url=_text(data.get("resource_url")),
-        expiry_date=int(expiry),
-        extra={k: v for k, v in data.items() if k not in _KNOWN_FIELDS},
-    )
-
-
-def load_credentials(path: str) -> Credentials:
-    """Read a qwen-code credentials file (``~`` expanded)."""
-    full = os.path.expanduser(path)
-    try:
-        with open(full, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise OAuthError(f"{full}: cannot read credentials: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        # JSON and UTF-8 errors name a position, never the content: no token leaks.
-        raise OAuthError(f"{full}: not valid JSON: {exc}") from None
-    return credentials_from(data, full)
-
-
-def base_url_from(resource_url: str | None) -> str:
-    """The OpenAI-compatible base URL for a ``resource_url`` (usually a bare host)."""
-    url = (resource_url or "").strip().rstrip("/")
-    if not url:
-        return DEFAULT_BASE_URL
-    if "://" not in url:
-        url = "https://" + url.lstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
-def write_credentials(path: str, data: Mapping[str, Any]) -> None:
-    """Replace the file atomically: a crash leaves the old file or the new one, never half."""
-    full = os.path.abspath(os.path.expanduser(path))
-    directory = os.path.dirname(full)
-    tmp = None
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        # mkstemp opens with O_EXCL and mode 0o600: never readable by others, even briefly.
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(full)}.", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o600)
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, full)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OAuthError(f"{full}: cannot write credentials: {exc.strerror or exc}") from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable too; best effort
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 async def _post_form(
@@ -209,7 +95,9 @@ async def _post_form(
     body = body if isinstance(body, dict) else {}
     # The error code and the server's description are the only text of the answer quoted
     # in messages; a server echoing what we sent must not put a secret in them.
-    error = " ".join(filter(None, (_text(body.get("error")), _text(body.get("error_description")))))
+    error = " ".join(
+        filter(None, (text_of(body.get("error")), text_of(body.get("error_description"))))
+    )
     for key in ("refresh_token", "device_code", "code_verifier"):
         if form.get(key):
             error = error.replace(form[key], "[REDACTED]")
@@ -328,20 +216,20 @@ class OAuthAccount:
             "client_id": self.client_id,
         }
         status, body, detail = await _post_form(session, self.token_url, form, what, self.proxy)
-        if status in (400, 401) or _text(body.get("error")) in _REVOKING_ERRORS:
+        if status in (400, 401) or text_of(body.get("error")) in _REVOKING_ERRORS:
             reason = f"{what}: refresh token rejected ({detail}); log in again with `qwen`"
             self.disabled_reason = reason
             log.warning("oauth_refresh_revoked", account=self.name, reason=reason)
             raise OAuthRevoked(reason)
-        access, expires_in = _text(body.get("access_token")), _number(body.get("expires_in"))
+        access, expires_in = text_of(body.get("access_token")), number_of(body.get("expires_in"))
         if status != 200 or access is None or not expires_in:
             raise OAuthError(f"{what}: token refresh failed ({detail})")
         new = replace(
             creds,
             access_token=access,
-            refresh_token=_text(body.get("refresh_token")) or creds.refresh_token,
-            token_type=_text(body.get("token_type")) or creds.token_type,
-            resource_url=_text(body.get("resource_url")) or creds.resource_url,
+            refresh_token=text_of(body.get("refresh_token")) or creds.refresh_token,
+            token_type=text_of(body.get("token_type")) or creds.token_type,
+            resource_url=text_of(body.get("resource_url")) or creds.resource_url,
             expiry_date=int((now + expires_in) * 1000),
         )
         self._creds = new
@@ -403,14 +291,14 @@ async def device_login(
         "code_challenge_method": "S256",
     }
     status, body, detail = await _post_form(session, device_url, form, what, proxy_for(device_url))
-    device_code, user_code = _text(body.get("device_code")), _text(body.get("user_code"))
-    uri = _text(body.get("verification_uri"))
+    device_code, user_code = text_of(body.get("device_code")), text_of(body.get("user_code"))
+    uri = text_of(body.get("verification_uri"))
     if status != 200 or not (device_code and user_code and uri):
         raise OAuthError(f"{what}: device authorization failed ({detail})")
-    interval = _number(body.get("interval")) or 5.0
-    deadline = clock() + (_number(body.get("expires_in")) or 600.0)
+    interval = number_of(body.get("interval")) or 5.0
+    deadline = clock() + (number_of(body.get("expires_in")) or 600.0)
     print(f"To log in, open {uri} and enter the code: {user_code}", file=out)
-    if complete := _text(body.get("verification_uri_complete")):
+    if complete := text_of(body.get("verification_uri_complete")):
         print(f"Or open this link directly: {complete}", file=out)
     out.flush()
 
@@ -439,10 +327,10 @@ async def device_login(
             raise OAuthError(f"{what}: {_DEVICE_FINAL[error]}")
         raise OAuthError(f"{what}: token request failed ({detail})")
 
-    expires_in = _number(body.get("expires_in"))
+    expires_in = number_of(body.get("expires_in"))
     if not expires_in:
         raise OAuthError(f"{what}: the token answer has no valid expires_in")
-    answer = {k: body.get(k) for k in _KNOWN_FIELDS}
+    answer = {k: body.get(k) for k in KNOWN_FIELDS}
     answer["expiry_date"] = int((clock() + expires_in) * 1000)
     creds = credentials_from(answer, f"{what}: token answer")
     write_credentials(credentials_path, creds.to_json())

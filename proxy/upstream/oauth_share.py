@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 
 from proxy.state import scripts as rs
 from proxy.state.redis_link import Client, RedisLink, Unreachable
-from proxy.upstream.oauth import Credentials, OAuthError, credentials_from
+from proxy.upstream.credentials import Credentials, OAuthError, credentials_from
 
 LOCK_S = 30.0  # longer than a refresh may take (its HTTP timeout)
 POLL_S = 0.05

@@ -11,9 +11,9 @@ import asyncio
 import re
 from typing import cast
 
+from proxy.config.egress import ProxyURL
 from proxy.errors import UpstreamUnreachable
 from proxy.upstream.conn import _MAX_HEAD
-from proxy.upstream.egress import ProxyURL
 
 _STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from yarl import URL
 
+from proxy.config.egress import ProxyURL
 from proxy.errors import (
     UpstreamConnectTimeout,
     UpstreamError,
@@ -30,7 +31,6 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream.conn import NO_HEADERS, Conn, PoolKey, Response, Stale
-from proxy.upstream.egress import ProxyURL
 from proxy.upstream.tunnel import Handshake, authority, connect_request
 
 __all__ = ["NO_HEADERS", "Client", "Response"]

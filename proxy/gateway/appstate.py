@@ -1,0 +1,25 @@
+"""What the handlers share, and the typed aiohttp key it is kept under."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.gateway.gate import Gate
+from proxy.gateway.metrics import Metrics
+from proxy.gateway.runtime import Runtime
+
+
+@dataclass
+class App:
+    """What the handlers share: the runtime (swapped by a reload), admission, metrics."""
+
+    runtime: Runtime
+    gate: Gate
+    metrics: Metrics
+    session: aiohttp.ClientSession | None = None  # OAuth token calls only
+
+
+APP: web.AppKey[App] = web.AppKey("app")
