@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.errors import UpstreamError
-from proxy.gateway import serving
+from proxy.gateway import routes, serving
 from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
 from proxy.gateway.gate import Gate
@@ -73,15 +73,20 @@ async def _expect_later(request: web.Request) -> None:
     (``Request.read``), once the request passed auth and limits; not here."""
 
 
-# Every route: (path, methods, handler). HEAD as well as GET where load balancers probe.
+# Every route's handler, by the route table's entries (routes.py says the rest).
 # [\s\S], not ".": a path decoded to hold a line end must still reach the dispatch
 # (which refuses it in OpenAI's format), not aiohttp's plain-text 404.
 _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
     (r"/v1/{tail:[\s\S]+}", ("GET", "POST"), proxy),
-    ("/healthz", ("GET", "HEAD"), healthz),
-    ("/readyz", ("GET", "HEAD"), readyz),
-    ("/metrics", ("GET",), metrics),
-    ("/admin/accounts", ("GET",), admin_accounts),
+    *(
+        (route.label, route.methods, handler)
+        for route, handler in (
+            (routes.HEALTHZ, healthz),
+            (routes.READYZ, readyz),
+            (routes.METRICS, metrics),
+            (routes.ADMIN_ACCOUNTS, admin_accounts),
+        )
+    ),
 )
 
 

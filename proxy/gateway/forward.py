@@ -13,6 +13,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from proxy.core.convert import completion_to_sse
+from proxy.core.plan import Bodies, ClientRequest, Wants, inspect_body, plan_request
 from proxy.core.shaper import (
     JSON_SPACE,
     OpenAIShaper,
@@ -22,7 +23,7 @@ from proxy.core.shaper import (
     usage_from,
 )
 from proxy.core.sse import looks_like_sse
-from proxy.errors import InvalidJSON, MissingModel, UpstreamError
+from proxy.errors import UpstreamError
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.relay import (
     SSE_HEADERS,
@@ -33,93 +34,13 @@ from proxy.gateway.relay import (
 )
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
-from proxy.gateway.routing import Bodies, FailedAnswer, Router, UpstreamAnswer
+from proxy.gateway.routes import api_route
+from proxy.gateway.routing import FailedAnswer, Router, UpstreamAnswer
 from proxy.logs import get_logger, mask, redactor
 from proxy.upstream.call import header_filter, read_body, response_headers
 from proxy.upstream.wire import Client, Response
 
 log = get_logger("seamline")
-
-# Routes whose streams are chat/text completions: OpenAI profile with ending checks.
-COMPLETION_ROUTES = frozenset({"chat/completions", "completions"})
-_MODEL_ROUTES = frozenset({"chat/completions", "completions", "embeddings"})
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """What seamline needs to know about the client's request body."""
-
-    body: bytes
-    model: str | None = None
-    stream: bool = False
-    obj: dict[str, Any] | None = None
-
-
-def inspect_body(route: str, body: bytes) -> ClientRequest:
-    """Parse the body enough to route it; model routes must carry a JSON ``model``."""
-    try:
-        obj = json.loads(body) if body else None
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the parser's stack, as invalid as bad syntax.
-        if route in _MODEL_ROUTES:
-            raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
-        return ClientRequest(body)
-    if not isinstance(obj, dict):
-        if route in _MODEL_ROUTES:
-            raise InvalidJSON("request body must be a JSON object")
-        return ClientRequest(body)
-    model = obj.get("model")
-    if route in _MODEL_ROUTES and (not isinstance(model, str) or not model):
-        raise MissingModel("you must provide a model parameter")
-    return ClientRequest(
-        body, model if isinstance(model, str) else None, obj.get("stream") is True, obj
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How this request goes upstream and what the client must get back."""
-
-    bodies: Bodies
-    strip_usage: bool  # seamline asked for the usage chunk; the client did not
-    client_usage: bool  # the client asked for the usage chunk
-
-
-def plan_request(
-    route: str, req: ClientRequest, upstream_model: str | None, force_stream: bool = True
-) -> Plan:
-    """The bodies to send upstream.
-
-    The client's bytes go upstream untouched unless a model alias applies, the usage
-    chunk has to be asked for (so that every stream can be accounted), or an account
-    with ``force_stream`` needs a streaming body for a non-streaming client (made only
-    when ``force_stream``: some account has it).
-    """
-    obj = req.obj
-    fingerprint = hash(req.body)
-    if obj is None or route not in COMPLETION_ROUTES:
-        return Plan(Bodies(req.body, fingerprint=fingerprint), False, False)
-    base: dict[str, Any] = {}
-    if upstream_model is not None and upstream_model != req.model:
-        base["model"] = upstream_model
-    options = obj.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    client_usage = req.stream and options.get("include_usage") is True
-    with_usage = {"stream_options": {**options, "include_usage": True}}
-    if req.stream:
-        if client_usage:
-            bodies = Bodies(_rewrite(req.body, obj, base), fingerprint=fingerprint)
-        else:
-            send = _rewrite(req.body, obj, {**base, **with_usage})
-            bodies = Bodies(send, _rewrite(req.body, obj, base), fingerprint=fingerprint)
-        return Plan(bodies, not client_usage, client_usage)
-    forced = forced_plain = None
-    if force_stream:
-        forced = _rewrite(req.body, obj, {**base, "stream": True, **with_usage})
-        forced_plain = _rewrite(req.body, obj, {**base, "stream": True})
-    bodies = Bodies(_rewrite(req.body, obj, base), None, forced, forced_plain, fingerprint)
-    return Plan(bodies, False, False)
-
 
 @dataclass(slots=True)
 class Retry:
@@ -134,34 +55,6 @@ class Retry:
         self.bodies = None
 
 
-@dataclass(frozen=True, slots=True)
-class Wants:
-    """What the client's answer must look like, once the request has gone upstream."""
-
-    stream: bool
-    strip_usage: bool
-    client_usage: bool
-
-
-def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
-    """``body`` (whose parse is ``obj``) with ``changes`` to its top-level fields.
-
-    New fields are spliced in after the opening brace, so the client's own bytes go on
-    as they were (and a long conversation is not serialized again); only replacing a
-    field the client sent, or a body that is not plain UTF-8, takes a re-serialization.
-    """
-    if not changes:
-        return body
-    stripped = body.lstrip(JSON_SPACE)
-    if stripped.startswith(b"{") and not any(k in obj for k in changes):
-        at = len(body) - len(stripped) + 1
-        fields = json.dumps(changes, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
-        rest = body[at:]
-        comma = b"" if rest.lstrip(JSON_SPACE).startswith(b"}") else b","
-        return body[:at] + fields + comma + rest
-    return json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 async def forward(
     request: Request,
     router: Router,
@@ -174,12 +67,14 @@ async def forward(
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
     tail = request.path[4:]  # after "/v1/"
+    route = api_route(tail)
     raw = await request.read(config.server.max_body_bytes)
-    req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
+    req = inspect_body(raw, route.needs_model) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
-    plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
-    wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
+    force = any(a.force_stream for a in config.accounts)
+    plan = plan_request(req, route.completion, model, force)
+    wants = plan.wants(req.stream)
     retry = Retry(model, [], plan.bodies)
     tracer = log.bind(request_id=outcome.request_id) if trace else None
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
@@ -277,7 +172,7 @@ async def _answer(
     allowed = header_filter(config.server.forward_response_headers)
     headers = response_headers(resp.headers, resp.status, allowed)
     headers["X-Request-ID"] = outcome.request_id
-    completions = tail in COMPLETION_ROUTES
+    completions = api_route(tail).completion
     sse = resp.content_type == "text/event-stream"
     first = b""
     if completions and not sse and resp.status < 400:

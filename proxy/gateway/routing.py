@@ -17,6 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from proxy.config import AccountConfig, Config
+from proxy.core.plan import Bodies
 from proxy.errors import (
     NoAccount,
     NotFound,
@@ -28,6 +29,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.gateway.outcome import Attempt, Outcome
+from proxy.gateway.routes import api_route
 from proxy.logs import get_logger, redactor, shown, trace_bytes
 from proxy.pool.accounts import ACCOUNT, AccountState, Limits, Pool, Strategy
 from proxy.pool.health import parse_retry_after
@@ -46,24 +48,6 @@ log = get_logger("seamline.routing")
 ERROR_BODY_LIMIT = 1024 * 1024
 # How long an account that refused ``stream_options`` gets requests without it.
 PLAIN_S = 3600.0
-
-# Breaker scopes: a route's first path segment when it is one of the API's, else one
-# scope for all the rest (a client's made-up paths must not grow the pool's state).
-_SCOPES = frozenset(
-    {
-        "chat", "completions", "embeddings", "responses", "messages", "models", "files",
-        "audio", "images", "moderations", "batches", "fine_tuning", "assistants", "threads",
-        "vector_stores", "uploads", "rerank", "tokenize",
-    }
-)  # fmt: skip
-
-
-def scope_of(tail: str) -> str:
-    """The breaker scope of a path after ``/v1/``: failures on one route (one the
-    upstream does not serve, say) do not make the account look down for the others."""
-    head = tail.split("/", 1)[0]
-    return head if head in _SCOPES else "other"
-
 
 def _connect_failure(exc: UpstreamError) -> bool:
     """The account could not be reached at all, whatever the request: its whole breaker."""
@@ -94,34 +78,6 @@ def make_pool(config: Config) -> Pool:
         breaker_threshold=r.breaker_threshold,
         breaker_cooldown=r.breaker_cooldown,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Bodies:
-    """The request bodies an account may get.
-
-    ``send`` asks for the usage chunk when seamline added that; ``plain`` is the same
-    without it, for an account that refuses ``stream_options`` (None: nothing was
-    added). ``forced`` and ``forced_plain`` are the same for ``force_stream`` accounts
-    (made only when some account has it). ``fingerprint`` tells requests apart for the
-    breaker (a client retrying one prompt is one request).
-    """
-
-    send: bytes
-    plain: bytes | None = None
-    forced: bytes | None = None
-    forced_plain: bytes | None = None
-    fingerprint: int = 0
-
-    def body(self, force_stream: bool, plain: bool) -> tuple[bytes, bool]:
-        """The body for an account, and whether a plain one could still follow it."""
-        if force_stream and self.forced is not None:
-            if plain and self.forced_plain is not None:
-                return self.forced_plain, False
-            return self.forced, self.forced_plain is not None
-        if plain and self.plain is not None:
-            return self.plain, False
-        return self.send, self.plain is not None
 
 
 @dataclass
@@ -198,7 +154,7 @@ class Router:
         self._pick_up_new_logins()
         pool = self.pool
         accounts = self.accounts
-        scope = scope_of(tail)
+        scope = api_route(tail).scope
         tried = [] if tried is None else tried
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         last_failure: FailedAnswer | None = None
@@ -297,7 +253,7 @@ class Router:
     ) -> UpstreamAnswer | FailedAnswer | FailedOver:
         """One account: a usable answer, a client error, or FailedOver (pool told)."""
         pool = self.pool
-        scope = scope_of(tail)
+        scope = api_route(tail).scope
         fingerprint = bodies.fingerprint
         timeouts = self.config.timeouts_for(acc)
         body, may_drop_options = bodies.body(acc.force_stream, st.plain_until > time.time())
@@ -433,7 +389,7 @@ class Router:
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         if len(tried) >= limit:
             return False
-        now, scope = time.time(), scope_of(tail)
+        now, scope = time.time(), api_route(tail).scope
         return pool.fallback(model, now, tried, scope) is not None
 
     def _pick_up_new_logins(self) -> None:
