@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from proxy.core.sse import Comment, Event, Item, Reframer, Stray, looks_like_sse
+from proxy.errors import openai_error
 
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -28,8 +29,7 @@ TRUNCATED = "upstream stream ended before the answer was complete (truncated: no
 
 def error_json(message: str, error_type: str = "upstream_error", code: str | None = None) -> bytes:
     """An OpenAI error object as JSON bytes, shaped as seamline's own errors are."""
-    body: dict[str, Any] = {"message": message, "type": error_type, "param": None, "code": code}
-    return json.dumps({"error": body}).encode()
+    return json.dumps(openai_error(message, error_type, code)).encode()
 
 
 def error_event(message: str, error_type: str = "upstream_error", code: str | None = None) -> bytes:
@@ -92,13 +92,13 @@ def _wrapped(message: str, fields: dict[str, Any]) -> bytes:
     if len(message) > _MESSAGE_LIMIT:
         message = message[:_MESSAGE_LIMIT] + "..."
     code, param = fields.get("code"), fields.get("param")
-    err: dict[str, Any] = {
-        "message": message,
-        "type": _text(fields.get("type")) or "upstream_error",
-        "param": param if isinstance(param, str) else None,
-        "code": code if isinstance(code, str | int) and not isinstance(code, bool) else None,
-    }
-    return json.dumps({"error": err}).encode()
+    err = openai_error(
+        message,
+        _text(fields.get("type")) or "upstream_error",
+        code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        param if isinstance(param, str) else None,
+    )
+    return json.dumps(err).encode()
 
 
 # What an error says, in OpenAI's, Anthropic's, Google's and DashScope's words, as the
