@@ -210,8 +210,8 @@ async def serve() -> AsyncIterator[Serve]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[wire.Client]:
-    c = wire.Client()
+async def client() -> AsyncIterator[wire.ConnectionPool]:
+    c = wire.ConnectionPool()
     yield c
     c.close()
 
@@ -220,7 +220,7 @@ async def client() -> AsyncIterator[wire.Client]:
 
 
 async def call(
-    client: wire.Client,
+    client: wire.ConnectionPool,
     url: str,
     method: str = "GET",
     body: bytes = b"",
@@ -243,7 +243,7 @@ async def read_all(resp: wire.Response) -> bytes:
 
 
 async def fetch(
-    client: wire.Client,
+    client: wire.ConnectionPool,
     url: str,
     method: str = "GET",
     body: bytes = b"",

@@ -32,7 +32,6 @@ from proxy import config as cfg
 from proxy.gateway import serving
 from proxy.gateway.app import Runner, create_app, drain, start, web_app
 from proxy.gateway.serving import MAX_FIELD
-from proxy.upstream.call import make_session
 
 # An account that is never called: tests without a /v1 request need no upstream.
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -1222,7 +1221,6 @@ async def seamline_seen(url: str, server: str = "") -> AsyncIterator[tuple[Runne
     """seamline assembled as ``start`` does it, keeping every response aiohttp prepared."""
     conf = cfg.parse(config_text(("a", url), server=server), "test.toml", {})
     state = create_app(conf)
-    state.session = make_session()
     aio = web_app(state)
     seen: Seen = []
 

@@ -44,14 +44,18 @@ PASSWORD = "pr0xy-s3cret-pw"
 
 
 @pytest.fixture
-async def wire_client() -> AsyncIterator[wire.Client]:
-    c = wire.Client()
+async def wire_client() -> AsyncIterator[wire.ConnectionPool]:
+    c = wire.ConnectionPool()
     yield c
     c.close()
 
 
 async def get(
-    client: wire.Client, url: str, proxy: ProxyURL | None, method: str = "GET", body: bytes = b""
+    client: wire.ConnectionPool,
+    url: str,
+    proxy: ProxyURL | None,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> tuple[int, bytes]:
     resp = await client.request(method, url, {}, body, connect=5, head=5, total=0, proxy=proxy)
     try:
@@ -67,7 +71,7 @@ async def get(
 
 
 async def test_an_http_request_through_a_proxy_names_its_whole_url_and_the_proxys_credentials(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy()
     via = parse_proxy(proxy.url("me", PASSWORD))
@@ -84,7 +88,7 @@ async def test_an_http_request_through_a_proxy_names_its_whole_url_and_the_proxy
 
 
 async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy()
     await get(wire_client, "http://upstream.example/v1/x", parse_proxy(proxy.url()))
@@ -94,7 +98,7 @@ async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
 
 
 async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_pool(
-    serve: Serve, scripted_proxy: StartScripted, wire_client: wire.Client
+    serve: Serve, scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     up = await serve(answering(OK))
     proxy = await scripted_proxy()
@@ -118,7 +122,7 @@ async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_p
     ],
 )
 async def test_a_proxy_that_refuses_connect_is_unreachable_naming_only_its_host_and_port(
-    scripted_proxy: StartScripted, wire_client: wire.Client, refusal: bytes
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool, refusal: bytes
 ) -> None:
     proxy = await scripted_proxy(answer=refusal)
     via = parse_proxy(proxy.url("me", PASSWORD))
@@ -139,7 +143,7 @@ async def test_a_proxy_that_refuses_connect_is_unreachable_naming_only_its_host_
 
 
 async def test_a_407_to_a_forwarded_http_request_is_unreachable_not_an_answer(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy(
         forward=b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 6\r\n\r\ndenied"
@@ -148,7 +152,9 @@ async def test_a_407_to_a_forwarded_http_request_is_unreachable_not_an_answer(
         await get(wire_client, "http://upstream.example/v1/x", parse_proxy(proxy.url("me", "x")))
 
 
-async def test_a_proxy_that_is_down_is_unreachable_naming_it(wire_client: wire.Client) -> None:
+async def test_a_proxy_that_is_down_is_unreachable_naming_it(
+    wire_client: wire.ConnectionPool,
+) -> None:
     port = free_port()
     via = parse_proxy(f"http://me:{PASSWORD}@127.0.0.1:{port}")
     for url in ("http://upstream.example/v1/x", "https://upstream.example/v1/x"):
@@ -169,7 +175,7 @@ async def test_a_proxy_that_is_down_is_unreachable_naming_it(wire_client: wire.C
 )
 async def test_a_proxy_whose_connect_answer_is_not_sane_is_unreachable(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     answer: bytes,
     after: bytes,
     problem: str,
@@ -181,7 +187,7 @@ async def test_a_proxy_whose_connect_answer_is_not_sane_is_unreachable(
 
 async def test_https_goes_through_a_connect_tunnel_verified_by_name_without_proxy_credentials(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     tls_files: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -208,7 +214,7 @@ async def test_https_goes_through_a_connect_tunnel_verified_by_name_without_prox
 
 async def test_an_untrusted_upstream_certificate_is_refused_through_the_tunnel_too(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     tls_files: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -52,7 +52,7 @@ COMPRESS: dict[str, Callable[[bytes], bytes]] = {
 
 
 async def test_sequential_requests_share_one_kept_alive_connection(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await serve(answering(OK))
     for _ in range(3):
@@ -63,7 +63,7 @@ async def test_sequential_requests_share_one_kept_alive_connection(
 
 
 async def test_concurrent_requests_each_get_a_connection_and_both_are_kept(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await serve(answering(OK))
     for _ in range(2):
@@ -78,7 +78,7 @@ async def test_concurrent_requests_each_get_a_connection_and_both_are_kept(
     [("noticed while idle", "POST"), ("unnoticed until the next request", "GET")],
 )
 async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
-    serve: Serve, client: wire.Client, when: str, method: str
+    serve: Serve, client: wire.ConnectionPool, when: str, method: str
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -106,7 +106,7 @@ async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
 
 
 async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pooled(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         # The first two: one answer, then dropped as the next request arrives.
@@ -124,7 +124,9 @@ async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pool
     assert len(up.peers) == 3, "the retry went to a new connection"
 
 
-async def test_client_close_closes_idle_connections(serve: Serve, client: wire.Client) -> None:
+async def test_client_close_closes_idle_connections(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     up = await serve(answering(OK))
     await fetch(client, up.url())
     assert not await up.peers[0].closed(within=0.1)  # kept for the next request
@@ -134,7 +136,7 @@ async def test_client_close_closes_idle_connections(serve: Serve, client: wire.C
 
 async def test_idle_connection_is_closed_after_the_keepalive(serve: Serve) -> None:
     up = await serve(answering(OK))
-    client = wire.Client(keepalive=0.1)
+    client = wire.ConnectionPool(keepalive=0.1)
     try:
         await fetch(client, up.url())
         assert await up.peers[0].closed()
@@ -162,7 +164,7 @@ async def test_idle_connection_is_closed_after_the_keepalive(serve: Serve) -> No
     ],
 )
 async def test_connection_is_reused_only_when_the_answer_allows_it(
-    serve: Serve, client: wire.Client, response: bytes, reused: bool
+    serve: Serve, client: wire.ConnectionPool, response: bytes, reused: bool
 ) -> None:
     up = await serve(answering(response))
     for _ in range(2):
@@ -174,7 +176,7 @@ async def test_connection_is_reused_only_when_the_answer_allows_it(
 
 
 async def test_answer_closed_before_its_end_is_not_reused(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -191,7 +193,9 @@ async def test_answer_closed_before_its_end_is_not_reused(
     assert len(up.peers) == 2
 
 
-async def test_idle_connection_that_talks_is_not_reused(serve: Serve, client: wire.Client) -> None:
+async def test_idle_connection_that_talks_is_not_reused(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(OK)
@@ -208,7 +212,7 @@ async def test_idle_connection_that_talks_is_not_reused(serve: Serve, client: wi
 
 
 async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -244,7 +248,7 @@ async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
     ],
 )
 async def test_body_is_read_whole(
-    serve: Serve, client: wire.Client, response: bytes, then_close: bool
+    serve: Serve, client: wire.ConnectionPool, response: bytes, then_close: bool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -265,7 +269,7 @@ async def test_body_is_read_whole(
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 async def test_chunked_body_written_a_byte_at_a_time_arrives_intact(
-    serve: Serve, client: wire.Client, encoding: str
+    serve: Serve, client: wire.ConnectionPool, encoding: str
 ) -> None:
     data = b"".join(b'data: {"n": %d}\n\n' % i for i in range(8))
     sent = data if encoding == "identity" else gzip.compress(data)
@@ -287,7 +291,7 @@ async def test_chunked_body_written_a_byte_at_a_time_arrives_intact(
 
 
 async def test_headers_keep_every_value_and_the_media_type_is_plain(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await serve(
         answering(
@@ -303,7 +307,7 @@ async def test_headers_keep_every_value_and_the_media_type_is_plain(
 
 @pytest.mark.parametrize("encoding", sorted(COMPRESS))
 async def test_compressed_body_is_inflated(
-    serve: Serve, client: wire.Client, encoding: str
+    serve: Serve, client: wire.ConnectionPool, encoding: str
 ) -> None:
     data = b"".join(b"data: event %d\n\n" % i for i in range(500))
     response = (
@@ -327,7 +331,7 @@ async def test_compressed_body_is_inflated(
 
 
 async def test_unknown_content_encoding_is_refused_by_name(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await serve(
         answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc")
@@ -336,7 +340,9 @@ async def test_unknown_content_encoding_is_refused_by_name(
         await call(client, up.url())
 
 
-async def test_corrupt_compressed_body_breaks_the_read(serve: Serve, client: wire.Client) -> None:
+async def test_corrupt_compressed_body_breaks_the_read(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     up = await serve(
         answering(
             b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 12\r\n\r\nnot gzip!!!!"
@@ -348,7 +354,7 @@ async def test_corrupt_compressed_body_breaks_the_read(serve: Serve, client: wir
     resp.close()
 
 
-async def test_interim_answers_are_skipped(serve: Serve, client: wire.Client) -> None:
+async def test_interim_answers_are_skipped(serve: Serve, client: wire.ConnectionPool) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(
@@ -370,7 +376,7 @@ async def test_interim_answers_are_skipped(serve: Serve, client: wire.Client) ->
 
 
 async def test_head_answer_with_a_length_completes_without_a_body(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -386,7 +392,7 @@ async def test_head_answer_with_a_length_completes_without_a_body(
 
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
 async def test_bodiless_status_completes_and_keeps_the_connection(
-    serve: Serve, client: wire.Client, status: bytes
+    serve: Serve, client: wire.ConnectionPool, status: bytes
 ) -> None:
     up = await serve(answering(b"HTTP/1.1 %s\r\n\r\n" % status))
     for _ in range(2):
@@ -400,7 +406,7 @@ async def test_bodiless_status_completes_and_keeps_the_connection(
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 async def test_push_hands_over_every_piece_in_order_and_ends_true(
-    serve: Serve, client: wire.Client, encoding: str
+    serve: Serve, client: wire.ConnectionPool, encoding: str
 ) -> None:
     pieces = [b"data: %d\n\n" % i for i in range(20)]
     data = b"".join(pieces)
@@ -434,7 +440,7 @@ async def test_push_hands_over_every_piece_in_order_and_ends_true(
 
 
 async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     go, rest = asyncio.Event(), asyncio.Event()
 
@@ -468,7 +474,7 @@ async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
 
 
 async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
-    serve: Serve, client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    serve: Serve, client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(wire_conn, "_GRACE", 0.1)
     go = asyncio.Event()
@@ -493,7 +499,7 @@ async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
 
 
 async def test_interrupt_ends_the_push_with_the_readers_error(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     go = asyncio.Event()
 
@@ -524,7 +530,7 @@ async def test_interrupt_ends_the_push_with_the_readers_error(
 
 
 async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     data = random.Random(7).randbytes(4 * 1024 * 1024)
 
@@ -550,14 +556,18 @@ async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
 # -- failures -------------------------------------------------------------------------
 
 
-async def test_response_head_over_64_kib_is_refused(serve: Serve, client: wire.Client) -> None:
+async def test_response_head_over_64_kib_is_refused(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     big = b"a" * (wire_conn._MAX_HEAD + 1)
     up = await serve(answering(b"HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 0\r\n\r\n" % big))
     with pytest.raises(UpstreamProtocolError, match="exceeds"):
         await call(client, up.url())
 
 
-async def test_many_headers_over_64_kib_are_refused(serve: Serve, client: wire.Client) -> None:
+async def test_many_headers_over_64_kib_are_refused(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(700))
     up = await serve(answering(b"HTTP/1.1 200 OK\r\n%s\r\n" % fields))
     with pytest.raises(UpstreamProtocolError, match="exceeds"):
@@ -565,7 +575,7 @@ async def test_many_headers_over_64_kib_are_refused(serve: Serve, client: wire.C
 
 
 async def test_response_head_that_grows_past_64_kib_without_ending_is_refused(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -586,7 +596,7 @@ async def test_response_head_that_grows_past_64_kib_without_ending_is_refused(
     ],
 )
 async def test_garbage_instead_of_http_is_a_protocol_error(
-    serve: Serve, client: wire.Client, response: bytes
+    serve: Serve, client: wire.ConnectionPool, response: bytes
 ) -> None:
     up = await serve(answering(response))
     with pytest.raises(UpstreamProtocolError, match="invalid response"):
@@ -595,7 +605,7 @@ async def test_garbage_instead_of_http_is_a_protocol_error(
 
 @pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\nContent-Le"])
 async def test_upstream_closing_before_the_headers_is_a_protocol_error(
-    serve: Serve, client: wire.Client, sent: bytes
+    serve: Serve, client: wire.ConnectionPool, sent: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -616,7 +626,7 @@ async def test_upstream_closing_before_the_headers_is_a_protocol_error(
     ],
 )
 async def test_upstream_closing_mid_body_breaks_the_read(
-    serve: Serve, client: wire.Client, response: bytes
+    serve: Serve, client: wire.ConnectionPool, response: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -633,7 +643,7 @@ async def test_upstream_closing_mid_body_breaks_the_read(
     assert got == [b"hello"]
 
 
-async def test_refused_connection_is_unreachable(client: wire.Client) -> None:
+async def test_refused_connection_is_unreachable(client: wire.ConnectionPool) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
         port = sock.getsockname()[1]
@@ -641,13 +651,13 @@ async def test_refused_connection_is_unreachable(client: wire.Client) -> None:
             await call(client, f"http://127.0.0.1:{port}/v1/x")
 
 
-async def test_url_that_is_not_http_is_unreachable(client: wire.Client) -> None:
+async def test_url_that_is_not_http_is_unreachable(client: wire.ConnectionPool) -> None:
     with pytest.raises(UpstreamUnreachable, match="not http"):
         await call(client, "ftp://127.0.0.1/v1/x")
 
 
 async def test_no_headers_in_time_is_a_timeout_and_closes_the_connection(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -659,7 +669,9 @@ async def test_no_headers_in_time_is_a_timeout_and_closes_the_connection(
     assert await up.peers[0].closed()
 
 
-async def test_body_longer_than_the_total_is_a_timeout(serve: Serve, client: wire.Client) -> None:
+async def test_body_longer_than_the_total_is_a_timeout(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(CHUNKED + chunks(b"hello"))
@@ -675,7 +687,7 @@ async def test_body_longer_than_the_total_is_a_timeout(serve: Serve, client: wir
 
 
 async def test_total_deadline_holds_while_waiting_for_the_headers(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -688,7 +700,9 @@ async def test_total_deadline_holds_while_waiting_for_the_headers(
     assert await up.peers[0].closed()
 
 
-async def test_cancelled_request_closes_its_connection(serve: Serve, client: wire.Client) -> None:
+async def test_cancelled_request_closes_its_connection(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     asked = asyncio.Event()
 
     async def handler(peer: Peer) -> None:
@@ -713,7 +727,7 @@ async def test_cancelled_request_closes_its_connection(serve: Serve, client: wir
     [{"X-A": "1\r\nX-Injected: 1"}, {"X-A": "1\nX-B: 2"}, {"X-A\r\nX-B": "1"}],
 )
 async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
-    serve: Serve, client: wire.Client, headers: dict[str, str]
+    serve: Serve, client: wire.ConnectionPool, headers: dict[str, str]
 ) -> None:
     up = await serve(answering(OK))
     with pytest.raises(UpstreamError, match="line break"):
@@ -723,7 +737,9 @@ async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
     assert up.requests == [b"GET /v1/x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % up.port]
 
 
-async def test_request_bytes_are_exactly_what_was_asked(serve: Serve, client: wire.Client) -> None:
+async def test_request_bytes_are_exactly_what_was_asked(
+    serve: Serve, client: wire.ConnectionPool
+) -> None:
     up = await serve(answering(OK))
     headers = {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}
     await fetch(client, up.url("/v1/a%2Fb?x=%3F&y=a+b"), "POST", b'{"a":1}', headers)
@@ -741,7 +757,7 @@ async def test_request_bytes_are_exactly_what_was_asked(serve: Serve, client: wi
 
 
 async def test_host_header_of_an_ipv6_upstream_is_bracketed(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     try:
         up = await serve(answering(OK), "::1")
@@ -756,7 +772,7 @@ async def test_host_header_of_an_ipv6_upstream_is_bracketed(
 
 
 async def test_an_https_upstream_is_verified_by_name_and_answers(
-    tls_files: tuple[str, str], client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    tls_files: tuple[str, str], client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # what the default context trusts
@@ -774,7 +790,7 @@ async def test_an_https_upstream_is_verified_by_name_and_answers(
 
 
 async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
-    tls_files: tuple[str, str], client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    tls_files: tuple[str, str], client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
@@ -789,7 +805,7 @@ async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
 
 
 async def test_a_host_name_is_looked_up_once_for_concurrent_new_connections(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await answer(peer, OK)

@@ -64,7 +64,7 @@ async def test_aiohttp_against_the_same_corpus_does_what_was_recorded(case: Case
 
 
 async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_request(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     # A pulled answer that ends in the read that pauses the socket: before, its
     # connection was pooled with reading paused, and the unasked bytes became the next
@@ -92,7 +92,7 @@ async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_requ
 
 
 async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reused(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await answer(peer, OK)
@@ -123,7 +123,7 @@ async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reuse
 )
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
-    serve: Serve, client: wire.Client, prefix: bytes, unit: bytes, mode: str
+    serve: Serve, client: wire.ConnectionPool, prefix: bytes, unit: bytes, mode: str
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -158,7 +158,7 @@ async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
 
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refused(
-    serve: Serve, client: wire.Client, mode: str
+    serve: Serve, client: wire.ConnectionPool, mode: str
 ) -> None:
     # 15 times the bound in chunk framing, sent in pieces cut at random, so that some
     # reads hold framing only: each body piece starts the count again.
@@ -204,7 +204,7 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
     ],
 )
 async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer(
-    serve: Serve, client: wire.Client, interim: bytes
+    serve: Serve, client: wire.ConnectionPool, interim: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -218,7 +218,7 @@ async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer
 
 
 async def test_a_1xx_answer_with_an_empty_length_is_skipped(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await serve(
         lambda peer: answer(peer, b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n" + OK)
@@ -228,7 +228,7 @@ async def test_a_1xx_answer_with_an_empty_length_is_skipped(
 
 
 async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
@@ -273,7 +273,7 @@ async def _answer_then_read_and_close(peer: Peer) -> None:
     ],
 )
 async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable(
-    serve: Serve, client: wire.Client, method: str, headers: dict[str, str], copies: int
+    serve: Serve, client: wire.ConnectionPool, method: str, headers: dict[str, str], copies: int
 ) -> None:
     up = await serve(first_then_ok(_answer_then_read_and_close))
     await fetch(client, up.url())
@@ -290,7 +290,7 @@ async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable
 
 
 async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_new_one(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -336,7 +336,7 @@ async def _serve_bomb(serve: Serve, go: asyncio.Event | None = None) -> Upstream
 
 
 async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     up = await _serve_bomb(serve)
     resp = await call(client, up.url())
@@ -360,7 +360,7 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
 
 
 async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_it(
-    serve: Serve, client: wire.Client
+    serve: Serve, client: wire.ConnectionPool
 ) -> None:
     go = asyncio.Event()
     up = await _serve_bomb(serve, go)

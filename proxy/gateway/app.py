@@ -33,7 +33,6 @@ from proxy.gateway.runtime import (
     warn_readable_secrets,
 )
 from proxy.logs import debug_streaming_enabled, get_logger, redactor
-from proxy.upstream import call as up
 
 __all__ = ["App", "Runner", "create_app", "drain", "start"]
 
@@ -56,16 +55,7 @@ def proxy(request: Request) -> Awaitable[Reply]:
     rt = app.runtime
     check_client(request, rt.router.config.server.api_keys)
     app.gate.rate(client_key(request))
-    assert app.session is not None
-    return forward(
-        request,
-        rt.router,
-        app.session,
-        rt.client,
-        request.outcome,
-        debug_streaming_enabled(),
-        rt.streams,
-    )
+    return forward(request, rt.router, request.outcome, debug_streaming_enabled(), rt.streams)
 
 
 async def _expect_later(request: web.Request) -> None:
@@ -131,9 +121,8 @@ class Runner:
         await self.runner.cleanup()
         rt = self.app.runtime
         await rt.persister.stop()
-        rt.client.close()
-        if self.app.session is not None:
-            await self.app.session.close()
+        rt.connections.close()
+        await rt.router.token_http.close()
 
 
 def create_app(config: Config) -> App:
@@ -164,7 +153,6 @@ def web_app(app: App) -> web.Application:
 async def start(config: Config, host: str | None = None, port: int | None = None) -> Runner:
     """Start serving; the runner's ``addresses`` tell where. Used by the CLI and tests."""
     app = create_app(config)
-    app.session = up.make_session()
     rt = app.runtime
     aio = serving.runner(web_app(app), config.server.keepalive_s, shutdown_timeout=2.0)
     runner = Runner(app, aio)

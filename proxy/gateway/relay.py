@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from multidict import CIMultiDict
@@ -215,22 +216,9 @@ class ClientStream:
                     await task
 
 
-async def relay_stream(
-    request: ClientSide,
-    upstream: Response,
-    headers: CIMultiDict[str],
-    shaper: OpenAIShaper,
-    outcome: Outcome,
-    *,
-    timeouts: Timeouts,
-    max_event_bytes: int,
-    heartbeat: float = 0.0,
-    log: Any = None,
-    on_start: Callable[[], None] | None = None,
-    first: bytes = b"",
-    secrets: tuple[bytes, ...] = (),
-) -> Reply:
-    """Relay an upstream event stream to the client, repairing it on the way.
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """How one stream is relayed.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
     per-read logging work at all. ``on_start`` is called once, when the first byte
@@ -238,15 +226,37 @@ async def relay_stream(
     ``first``: the body's first read, when the caller already made it. ``secrets``:
     what the upstream was sent that must not reach the client.
     """
+
+    timeouts: Timeouts
+    max_event_bytes: int
+    heartbeat: float = 0.0
+    log: Any = None
+    on_start: Callable[[], None] | None = None
+    first: bytes = b""
+    secrets: tuple[bytes, ...] = ()
+
+
+async def relay_stream(
+    request: ClientSide,
+    upstream: Response,
+    headers: CIMultiDict[str],
+    shaper: OpenAIShaper,
+    outcome: Outcome,
+    options: RelayOptions,
+) -> Reply:
+    """Relay an upstream event stream to the client, repairing it on the way."""
+    # Locals, not attribute lookups: ``convert`` reads them for every event.
+    timeouts, max_event_bytes, log = options.timeouts, options.max_event_bytes, options.log
+    first, secrets = options.first, options.secrets
     headers.update(SSE_HEADERS)
     client = ClientStream(
         request,
         upstream.status,
         headers,
         outcome,
-        heartbeat,
+        options.heartbeat,
         log,
-        on_start=on_start,
+        on_start=options.on_start,
         secrets=secrets,
     )
     del headers  # the client stream lets go of them once they are sent
@@ -331,10 +341,7 @@ async def relay_stream(
         # A body read to its end has already gone back to the pool; this closes a
         # connection with anything of it left unread, which no other request may reuse.
         upstream.close()
-        outcome.events = shaper.events
-        if shaper.repairs:
-            outcome.repairs.update(shaper.repairs)
-    outcome.status = upstream.status
+        outcome.streamed(upstream.status, shaper.events, shaper.repairs)
     return Streamed(upstream.status, b"", None, "text/event-stream")
 
 
@@ -377,10 +384,7 @@ def _status_error(
         status = error_status(payload)
     assert payload is not None
     payload = mask(payload, secrets)
-    outcome.status = status
-    outcome.error = outcome.error or "upstream stream carried an error"
-    outcome.events = 0
-    outcome.bytes_out = len(payload)
+    outcome.failed_early(status, len(payload), "upstream stream carried an error")
     out_headers = CIMultiDict(
         (k, v)
         for k, v in headers.items()

@@ -35,9 +35,7 @@ _API = {
     "chat/completions": Route(
         "/v1/chat/completions", completion=True, needs_model=True, scope="chat"
     ),
-    "completions": Route(
-        "/v1/completions", completion=True, needs_model=True, scope="completions"
-    ),
+    "completions": Route("/v1/completions", completion=True, needs_model=True, scope="completions"),
     "embeddings": Route("/v1/embeddings", needs_model=True, scope="embeddings"),
     "models": Route("/v1/models", scope="models"),
 }

@@ -22,7 +22,7 @@ from proxy.state.shared import SharedPersister, SharedPool
 from proxy.state.store import Persister, open_store
 from proxy.upstream.oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
 from proxy.upstream.oauth_share import TokenShare
-from proxy.upstream.wire import Client, Response
+from proxy.upstream.wire import ConnectionPool, Response
 
 log = get_logger("seamline")
 
@@ -46,8 +46,12 @@ class Runtime:
     persister: Persister
     # Upstream responses being relayed: a drain that runs out of time ends them.
     streams: set[Response] = field(default_factory=set)
-    client: Client = field(default_factory=Client)  # every upstream call of /v1
     tokens: TokenShare | None = None  # OAuth tokens shared between replicas
+
+    @property
+    def connections(self) -> ConnectionPool:
+        """Every upstream call of /v1 (the router's, kept across reloads)."""
+        return self.router.connections
 
     @property
     def shared(self) -> SharedPool | None:
@@ -110,7 +114,15 @@ def reload(rt: Runtime, path: str) -> bool:
     pool.breaker_threshold = config.routing.breaker_threshold
     pool.breaker_cooldown = config.routing.breaker_cooldown
     share_tokens(oauth, rt.tokens)
-    rt.router = Router(config, pool, oauth, shared=rt.router.shared)
+    old_router = rt.router
+    rt.router = Router(
+        config,
+        pool,
+        oauth,
+        shared=old_router.shared,
+        connections=old_router.connections,
+        token_http=old_router.token_http,
+    )
     log.info("config_reloaded", path=path, accounts=[a.name for a in config.accounts])
     warn_readable_secrets(config)
     return True
