@@ -38,7 +38,7 @@ from proxy.core.dialects.anthropic_tokens import (
     image_tokens,
     text_tokens,
 )
-from proxy.core.shaper import error_status
+from proxy.core.openai import error_status
 from proxy.core.sse import Reframer
 
 

@@ -37,6 +37,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream import conn as wire_conn
+from proxy.upstream import response as wire_response
 from proxy.upstream import wire
 
 __all__ = ["client", "serve", "tls_files"]  # fixtures, imported to be found by pytest
@@ -476,7 +477,7 @@ async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
 async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
     serve: Serve, client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(wire_conn, "_GRACE", 0.1)
+    monkeypatch.setattr(wire_response, "_GRACE", 0.1)
     go = asyncio.Event()
 
     async def handler(peer: Peer) -> None:
@@ -550,7 +551,7 @@ async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
     resp.close()
     assert b"".join(parts) == data
     # Reading stops past the high-water mark: at most one socket read more comes in.
-    assert max(map(len, parts)) <= wire_conn._HIGH_WATER + 256 * 1024
+    assert max(map(len, parts)) <= wire_response._HIGH_WATER + 256 * 1024
 
 
 # -- failures -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from peers import (
 
 from proxy.errors import UpstreamProtocolError
 from proxy.upstream import conn as wire_conn
+from proxy.upstream import response as wire_response
 from proxy.upstream import wire
 
 __all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
@@ -351,7 +352,7 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
     resp.close()
     assert size == 64 * 1024 * 1024
     # Inflated until past the high-water mark, a step at a time: never 64 MiB at once.
-    assert largest <= wire_conn._HIGH_WATER + wire_conn._INFLATE_STEP
+    assert largest <= wire_response._HIGH_WATER + wire_response._INFLATE_STEP
     # The body ended (all of it in) while most of it was still to inflate: its
     # connection went back to the pool at once, and serves the next request.
     _, body = await fetch(client, up.url())
@@ -382,6 +383,6 @@ async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_
             assert len(got) <= n + 1
             await asyncio.sleep(0)
     assert done.result() is True
-    assert max(got) <= wire_conn._INFLATE_STEP
+    assert max(got) <= wire_response._INFLATE_STEP
     assert sum(got) == 64 * 1024 * 1024
     resp.close()

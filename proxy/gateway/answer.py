@@ -14,18 +14,13 @@ from multidict import CIMultiDict
 
 from proxy.config import Config
 from proxy.core.convert import completion_to_sse
+from proxy.core.openai import error_json, error_status, normalize_error, usage_from
 from proxy.core.plan import Wants
-from proxy.core.shaper import (
-    JSON_SPACE,
-    OpenAIShaper,
-    error_json,
-    error_status,
-    normalize_error,
-    usage_from,
-)
+from proxy.core.shaper import JSON_SPACE, OpenAIShaper
 from proxy.core.sse import looks_like_sse
 from proxy.errors import UpstreamError
 from proxy.gateway.attempt import UpstreamAnswer
+from proxy.gateway.collect import collect_stream, first_read
 from proxy.gateway.context import Call
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.relay import (
@@ -33,8 +28,6 @@ from proxy.gateway.relay import (
     ClientSide,
     EarlyError,
     RelayOptions,
-    collect_stream,
-    first_read,
     relay_stream,
 )
 from proxy.gateway.reply import Reply

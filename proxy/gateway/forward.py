@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from proxy.core.openai import normalize_error
 from proxy.core.plan import ClientRequest, inspect_body, plan_request
-from proxy.core.shaper import normalize_error
 from proxy.gateway.answer import make_answer
 from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
 from proxy.gateway.context import Call

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.core.shaper import error_status, normalize_error
+from proxy.core.openai import error_status, normalize_error
 from proxy.errors import openai_error
 
 JSON = dict[str, Any]
