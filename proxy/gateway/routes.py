@@ -53,12 +53,12 @@ _UNKNOWN = Route("/v1/other")
 NOT_SERVED = Route("other", ())  # a path seamline does not serve
 
 
-def api_route(tail: str) -> Route:
-    """The route of a path after ``/v1/`` (decoded)."""
-    known = _API.get(tail)
+def api_route(path: str) -> Route:
+    """The route of a ``path`` after ``/v1/``."""
+    known = _API.get(path)
     if known is not None:
         return known
-    return _OTHER.get(tail.split("/", 1)[0], _UNKNOWN)
+    return _OTHER.get(path.split("/", 1)[0], _UNKNOWN)
 
 
 def route_of(path: str) -> Route:

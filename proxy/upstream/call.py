@@ -133,9 +133,9 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
 
-def target_url(base_url: str, tail: str, query: str) -> str:
-    """``base_url`` + the client's path after ``/v1`` + its query string."""
-    url = base_url.rstrip("/") + "/" + tail.lstrip("/")
+def target_url(base_url: str, path: str, query: str) -> str:
+    """``base_url`` + the client's ``path`` after ``/v1/`` (as it was encoded) + its query."""
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
     return f"{url}?{query}" if query else url
 
 
