@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.errors import UpstreamError
-from proxy.gateway import routes, serving
+from proxy.gateway import responses, routes, serving
 from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
 from proxy.gateway.gate import Gate
@@ -58,6 +58,18 @@ def proxy(request: Request) -> Awaitable[Reply]:
     return forward(request, rt.router, request.outcome, debug_streaming_enabled(), rt.streams)
 
 
+def client_route(handler: Handler) -> Handler:
+    """``handler`` behind the client checks every /v1 route makes: its key, its rate."""
+
+    def checked(request: Request) -> Awaitable[Reply]:
+        app = request.app
+        check_client(request, app.runtime.router.config.server.api_keys)
+        app.gate.rate(client_key(request))
+        return handler(request)
+
+    return checked
+
+
 async def _expect_later(request: web.Request) -> None:
     """``Expect: 100-continue`` is answered when the body is first read
     (``Request.read``), once the request passed auth and limits; not here."""
@@ -67,6 +79,8 @@ async def _expect_later(request: web.Request) -> None:
 # [\s\S], not ".": a path decoded to hold a line end must still reach the dispatch
 # (which refuses it in OpenAI's format), not aiohttp's plain-text 404.
 _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
+    (routes.RESPONSES.label, routes.RESPONSES.methods, client_route(responses.create)),
+    (routes.STORED_RESPONSE.label, routes.STORED_RESPONSE.methods, client_route(responses.stored)),
     (r"/v1/{tail:[\s\S]+}", ("GET", "POST"), proxy),
     *(
         (route.label, route.methods, handler)
@@ -121,6 +135,7 @@ class Runner:
         await self.runner.cleanup()
         rt = self.app.runtime
         await rt.persister.stop()
+        await rt.conversations.close()
         rt.connections.close()
         await rt.router.token_http.close()
 

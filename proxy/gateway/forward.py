@@ -48,7 +48,7 @@ async def forward(
     while True:
         answer = await router.open(call)
         if isinstance(answer, FailedAnswer):
-            return _failed(answer, outcome)
+            return failed_reply(answer, outcome)
         streams.add(answer.response)
         try:
             result = await _relay(request, router, answer, call)
@@ -58,7 +58,8 @@ async def forward(
             return result
 
 
-def _failed(answer: FailedAnswer, outcome: Outcome) -> Reply:
+def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
+    """An upstream's error answer as the client gets it."""
     headers = answer.headers
     headers["X-Request-ID"] = outcome.request_id
     headers["Content-Type"] = "application/json"

@@ -30,6 +30,10 @@ METRICS = Route("/metrics", ("GET",), quiet=True)
 ADMIN_ACCOUNTS = Route("/admin/accounts", ("GET",))
 OPS = {r.label: r for r in (HEALTHZ, READYZ, METRICS, ADMIN_ACCOUNTS)}
 
+# The Responses front, served from chat accounts: its upstream route is chat's.
+RESPONSES = Route("/v1/responses", ("POST",), needs_model=True, scope="chat")
+STORED_RESPONSE = Route("/v1/responses/{id}", ("GET", "DELETE"), scope="responses")
+
 # The API under /v1, by the path after it.
 _API = {
     "chat/completions": Route(
@@ -38,6 +42,7 @@ _API = {
     "completions": Route("/v1/completions", completion=True, needs_model=True, scope="completions"),
     "embeddings": Route("/v1/embeddings", needs_model=True, scope="embeddings"),
     "models": Route("/v1/models", scope="models"),
+    "responses": RESPONSES,
 }
 # Other API families: their own breaker scope each, under one metrics label. Only
 # these: a client's made-up paths must not grow the pool's state or the metrics.

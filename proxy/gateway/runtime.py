@@ -16,6 +16,12 @@ from proxy.config import Config, ConfigError, load
 from proxy.gateway.routing import Router, limits_of, make_pool
 from proxy.logs import get_logger, redactor
 from proxy.pool.accounts import Strategy
+from proxy.state.conversations import (
+    Conversations,
+    MemoryConversations,
+    RedisConversations,
+    SQLiteConversations,
+)
 from proxy.state.redis_link import RedisLink
 from proxy.state.redis_store import RedisStore
 from proxy.state.shared import SharedPersister, SharedPool
@@ -47,6 +53,10 @@ class Runtime:
     # Upstream responses being relayed: a drain that runs out of time ends them.
     streams: set[Response] = field(default_factory=set)
     tokens: TokenShare | None = None  # OAuth tokens shared between replicas
+    # Stored responses (/v1/responses with store: true), in the state backend.
+    conversations: Conversations = field(
+        default_factory=lambda: MemoryConversations(86400.0, 1 << 26, 1 << 24)
+    )
 
     @property
     def connections(self) -> ConnectionPool:
@@ -61,15 +71,24 @@ class Runtime:
 def build_runtime(config: Config) -> Runtime:
     pool = make_pool(config)
     router = Router(config, pool, oauth_accounts(config))
-    state = config.state
+    state, kept = config.state, config.responses
     if state.backend != "redis":
-        return Runtime(router, Persister(pool, open_store(config.state_path)))
+        conversations: Conversations = (
+            MemoryConversations(kept.ttl_s, kept.max_bytes, kept.max_record_bytes)
+            if config.state_path == ":memory:"
+            else SQLiteConversations(
+                config.state_path, kept.ttl_s, kept.max_bytes, kept.max_record_bytes
+            )
+        )
+        persister = Persister(pool, open_store(config.state_path))
+        return Runtime(router, persister, conversations=conversations)
     link = RedisLink(state.url, state.timeout_s)
     router.shared = SharedPool(pool, link, state.prefix, state.sync_s)
     tokens = TokenShare(link, state.prefix)
     share_tokens(router.oauth, tokens)
     persister = SharedPersister(pool, RedisStore(link, state.prefix), router.shared)
-    return Runtime(router, persister, tokens=tokens)
+    stored = RedisConversations(link, state.prefix, kept.ttl_s, kept.max_record_bytes)
+    return Runtime(router, persister, tokens=tokens, conversations=stored)
 
 
 def share_tokens(oauth: dict[str, OAuthAccount], tokens: TokenShare | None) -> None:
