@@ -93,6 +93,7 @@ async def make_answer(
             first,
             answer.secrets,
         )
+        outcome.counter = shaper
         relaying = relay_stream(request, resp, headers, shaper, outcome, options)
         # The stream keeps its headers only until they are sent; this frame, which
         # lives as long as the stream, lets go of them now.

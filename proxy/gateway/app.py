@@ -12,17 +12,12 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.errors import UpstreamError
 from proxy.gateway import responses, routes, serving
+from proxy.gateway.admin import account_action, admin_page, admin_streams, admin_usage
 from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
 from proxy.gateway.gate import Gate
 from proxy.gateway.metrics import Metrics
-from proxy.gateway.middleware import (
-    check_client,
-    client_key,
-    dispatch,
-    method_not_allowed,
-    not_found,
-)
+from proxy.gateway.middleware import admit_client, dispatch, method_not_allowed, not_found
 from proxy.gateway.ops import admin_accounts, healthz, metrics, readyz
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Handler, Request
@@ -51,10 +46,8 @@ def proxy(request: Request) -> Awaitable[Reply]:
 
     Not a coroutine itself: it checks, then hands over ``forward``'s, so an open stream
     holds one frame less."""
-    app = request.app
-    rt = app.runtime
-    check_client(request, rt.router.config.server.api_keys)
-    app.gate.rate(client_key(request))
+    rt = request.app.runtime
+    admit_client(request)
     return forward(request, rt.router, request.outcome, debug_streaming_enabled(), rt.streams)
 
 
@@ -62,9 +55,7 @@ def client_route(handler: Handler) -> Handler:
     """``handler`` behind the client checks every /v1 route makes: its key, its rate."""
 
     def checked(request: Request) -> Awaitable[Reply]:
-        app = request.app
-        check_client(request, app.runtime.router.config.server.api_keys)
-        app.gate.rate(client_key(request))
+        admit_client(request)
         return handler(request)
 
     return checked
@@ -89,6 +80,10 @@ _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
             (routes.READYZ, readyz),
             (routes.METRICS, metrics),
             (routes.ADMIN_ACCOUNTS, admin_accounts),
+            (routes.ADMIN_PAGE, admin_page),
+            (routes.ADMIN_STREAMS, admin_streams),
+            (routes.ADMIN_USAGE, admin_usage),
+            (routes.ADMIN_ACTION, account_action),
         )
     ),
 )
@@ -150,7 +145,7 @@ def create_app(config: Config) -> App:
     )
     app = App(rt, gate, Metrics(lambda: app.runtime.router.pool))
     app.metrics.in_flight.set_function(lambda: len(app.runtime.streams))
-    gate.on_done = app.metrics.record
+    gate.on_done = app.book
     return app
 
 

@@ -19,7 +19,11 @@ log = get_logger("seamline")
 
 
 async def forward(
-    request: Request, router: Router, outcome: Outcome, trace: bool, streams: set[Response]
+    request: Request,
+    router: Router,
+    outcome: Outcome,
+    trace: bool,
+    streams: dict[Response, Outcome],
 ) -> Reply:
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
@@ -49,11 +53,11 @@ async def forward(
         answer = await router.open(call)
         if isinstance(answer, FailedAnswer):
             return failed_reply(answer, outcome)
-        streams.add(answer.response)
+        streams[answer.response] = outcome
         try:
             result = await _relay(request, router, answer, call)
         finally:
-            streams.discard(answer.response)
+            streams.pop(answer.response, None)
         if result is not None:
             return result
 

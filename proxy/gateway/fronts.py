@@ -113,6 +113,7 @@ async def translate_stream(
                     held += translator.cut(UpstreamError(str(exc)))
                     break
                 events += sum(1 for item in items if isinstance(item, Event))
+                call.outcome.events = events  # so far, for /admin/streams
                 held += translator.take(items)
                 if not chunk:
                     held += translator.end(True)

@@ -22,7 +22,7 @@ from proxy.gateway.outcome import Outcome
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Handler, Request
 from proxy.gateway.routes import route_of
-from proxy.logs import get_logger
+from proxy.logs import fingerprint, get_logger
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
@@ -133,6 +133,19 @@ def _book(request: Request, outcome: Outcome, api: bool) -> None:
     on_done = request.app.gate.on_done
     if api and on_done is not None:
         on_done(outcome, route.label)
+
+
+NO_KEY = "none"  # what a client that sent no key is booked under (no api_keys set)
+
+
+def admit_client(request: Request) -> None:
+    """The checks every /v1 route makes of its client: its key, its rate. The request is
+    booked under the key's fingerprint (never the key)."""
+    app = request.app
+    check_client(request, app.runtime.router.config.server.api_keys)
+    key = client_key(request)
+    request.outcome.client = fingerprint(key) if key else NO_KEY
+    app.gate.rate(key)
 
 
 def client_key(request: Request) -> str:

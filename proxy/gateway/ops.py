@@ -1,4 +1,5 @@
-"""Operator endpoints: liveness, readiness, Prometheus metrics, the account table."""
+"""Operator endpoints: liveness, readiness, Prometheus metrics, the account table, and
+the admin key that guards the last two."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from proxy.gateway.metrics import CONTENT_TYPE
 from proxy.gateway.middleware import check_client
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
+from proxy.logs import fingerprint
 
 
 def json_reply(body: object, status: int = 200, indent: int | None = None) -> Reply:
@@ -50,18 +52,21 @@ async def readyz(request: Request) -> Reply:
     return json_reply(body)
 
 
-def _admin(request: Request) -> None:
+def require_admin(request: Request) -> str:
+    """401 unless the request carries ``server.admin_key`` (404 when none is set); the
+    key's fingerprint, which names who did what in the log."""
     key = request.app.runtime.router.config.server.admin_key
     if not key:
         raise NotFound("the admin endpoints are off: set server.admin_key to enable them")
     check_client(request, (key,))
+    return fingerprint(key)
 
 
 async def metrics(request: Request) -> Reply:
     """Prometheus text format; needs the admin key unless server.metrics_public."""
     if not request.app.runtime.router.config.server.metrics_public:
         try:
-            _admin(request)
+            require_admin(request)
         except NotFound:
             raise NotFound(
                 "metrics need server.admin_key, or server.metrics_public = true"
@@ -72,9 +77,10 @@ async def metrics(request: Request) -> Reply:
 
 async def admin_accounts(request: Request) -> Reply:
     """Per-account state; protected by server.admin_key, and never shows a secret."""
-    _admin(request)
+    require_admin(request)
     router = request.app.runtime.router
-    rows = router.pool.snapshot(time.time())
+    now = time.time()
+    rows = router.pool.snapshot(now)
     env = router.config.env_proxies
     accounts = router.accounts
     for row in rows:
@@ -84,4 +90,5 @@ async def admin_accounts(request: Request) -> Reply:
             url = acc.base_url or (oauth.base_url if oauth is not None else "")
             # How its calls go out: a proxy as http://host:port, never its credentials.
             row["proxy"] = describe(acc.proxy, env, url)
-    return json_reply({"accounts": rows}, indent=2)
+    # The server's clock, so that a page counts down from it, not from the browser's.
+    return json_reply({"accounts": rows, "now": now}, indent=2)

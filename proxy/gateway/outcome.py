@@ -5,9 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.pool.policy import Failure
+
+
+class Counting(Protocol):
+    """What counts a stream's events as they go (the shaper)."""
+
+    @property
+    def events(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +44,16 @@ class Outcome:
     client_gone: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     repairs: dict[str, int] = field(default_factory=dict)
+    client: str | None = None  # the client key's fingerprint, once the key was accepted
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # While a stream is relayed: its live event count (``events`` is set when it ends),
+    # read by /admin/streams; a reference, so the hot path counts nothing twice.
+    counter: Counting | None = None
+
+    @property
+    def events_so_far(self) -> int:
+        return self.events if self.counter is None else max(self.events, self.counter.events)
 
     # What each kind of answer records, in one place each.
 

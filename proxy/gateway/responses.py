@@ -131,13 +131,13 @@ async def create(request: Request) -> Reply:
         if isinstance(answer, FailedAnswer):
             return failed_reply(answer, outcome)
         ident = (response_id, created, seed)
-        rt.streams.add(answer.response)
+        rt.streams[answer.response] = outcome
         try:
             reply, early, usage, response = await _answer(
                 request, config, answer, call, chat, ident
             )
         finally:
-            rt.streams.discard(answer.response)
+            rt.streams.pop(answer.response, None)
         if early is None:
             router.finish(answer, outcome, usage, True)
         else:

@@ -23,12 +23,22 @@ class Route:
     quiet: bool = False  # no summary line (load balancers' probes, scrapes)
 
 
-# The operator's endpoints. HEAD as well as GET where load balancers probe.
+# The operator's endpoints. HEAD as well as GET where load balancers probe; the admin
+# page polls its views every two seconds, so they are quiet as scrapes are. Its actions
+# are logged.
 HEALTHZ = Route("/healthz", ("GET", "HEAD"), quiet=True)
 READYZ = Route("/readyz", ("GET", "HEAD"), quiet=True)
 METRICS = Route("/metrics", ("GET",), quiet=True)
-ADMIN_ACCOUNTS = Route("/admin/accounts", ("GET",))
-OPS = {r.label: r for r in (HEALTHZ, READYZ, METRICS, ADMIN_ACCOUNTS)}
+ADMIN_PAGE = Route("/admin", ("GET",))
+ADMIN_ACCOUNTS = Route("/admin/accounts", ("GET",), quiet=True)
+ADMIN_STREAMS = Route("/admin/streams", ("GET",), quiet=True)
+ADMIN_USAGE = Route("/admin/usage", ("GET",), quiet=True)
+ADMIN_ACTION = Route("/admin/accounts/{name}/{action}", ("POST",))  # reset, disable, enable
+_ADMIN_ACTION_PREFIX = "/admin/accounts/"
+OPS = {
+    r.label: r
+    for r in (HEALTHZ, READYZ, METRICS, ADMIN_PAGE, ADMIN_ACCOUNTS, ADMIN_STREAMS, ADMIN_USAGE)
+}
 
 # The Responses front, served from chat accounts: its upstream route is chat's.
 RESPONSES = Route("/v1/responses", ("POST",), needs_model=True, scope="chat")
@@ -70,4 +80,6 @@ def route_of(path: str) -> Route:
     """The route of any request path."""
     if path.startswith("/v1/"):
         return api_route(path[4:])
+    if path.startswith(_ADMIN_ACTION_PREFIX):
+        return ADMIN_ACTION
     return OPS.get(path, NOT_SERVED)

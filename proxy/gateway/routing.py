@@ -7,7 +7,6 @@ attempts out of the client's sight.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from proxy.errors import (
 from proxy.gateway.attempt import FailedAnswer, FailedOver, UpstreamAnswer, attempt, judge
 from proxy.gateway.context import Call
 from proxy.gateway.outcome import Attempt, Outcome
-from proxy.logs import get_logger, redactor
+from proxy.logs import fingerprint, get_logger, redactor
 from proxy.pool.accounts import AccountState, Limits, Pool, Strategy
 from proxy.pool.policy import Failure, decide
 from proxy.upstream.oauth import OAuthAccount, TokenHTTP
@@ -202,21 +201,28 @@ class Router:
 
         The pool never offers a disabled account, so nothing else would look at its
         credentials file again. A login is new when its refresh token is not the one
-        refused, which holds across restarts and reloads too.
+        refused, which holds across restarts and reloads too. An account the pool has
+        enabled (an operator, here or on another replica) may try its refresh again.
         """
         for name, oauth in self.oauth.items():
             st = self.pool.states.get(name)
-            if st is None or not st.disabled_persist:
+            if st is None:
+                continue
+            if st.disabled is None:
+                oauth.disabled_reason = None
+                continue
+            # No refused credential: an operator's disable, which only an operator undoes.
+            if not st.disabled_persist or st.disabled_credential is None:
                 continue
             # ``credentials`` re-reads the file when it changed.
-            if _fingerprint(oauth.credentials.refresh_token) != st.disabled_credential:
+            if fingerprint(oauth.credentials.refresh_token) != st.disabled_credential:
                 oauth.disabled_reason = None
-                self.pool.enable(st)
+                self.pool.enable(st, time.time())
 
     def disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
         """Take ``st`` out (its credentials were refused), logged once."""
         oauth = self.oauth.get(st.name)
-        refused = _fingerprint(oauth.credentials.refresh_token) if persist and oauth else None
+        refused = fingerprint(oauth.credentials.refresh_token) if persist and oauth else None
         if self.pool.disable(st, reason, persist=persist, credential=refused):
             log.error(
                 "account_disabled", account=st.name, reason=reason, request_id=outcome.request_id
@@ -239,17 +245,14 @@ class Router:
         pool.release(answer.state)
         if usage is not None:
             pool.add_usage(answer.state, usage[0], usage[1], now)
+            outcome.prompt_tokens += usage[0]
+            outcome.completion_tokens += usage[1]
         if outcome.client_gone:
             return
         if outcome.error is not None:
             pool.failed(answer.state, now, outcome.error, answer.scope, answer.fingerprint)
         elif completed:
             pool.succeeded(answer.state, answer.scope)
-
-
-def _fingerprint(secret: str) -> str:
-    """Tells two secrets apart without keeping either (it is persisted)."""
-    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def _unavailable(pool: Pool, model: str | None, now: float) -> SeamlineError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from proxy.config import Config, ConfigError, load
+from proxy.gateway.outcome import Outcome
 from proxy.gateway.routing import Router, limits_of, make_pool
 from proxy.logs import get_logger, redactor
 from proxy.pool.accounts import Strategy
@@ -50,8 +51,9 @@ def auto_concurrent(files: int) -> int:
 class Runtime:
     router: Router
     persister: Persister
-    # Upstream responses being relayed: a drain that runs out of time ends them.
-    streams: set[Response] = field(default_factory=set)
+    # Upstream responses being relayed, and their requests' outcomes: a drain that runs
+    # out of time ends them; /admin/streams shows them.
+    streams: dict[Response, Outcome] = field(default_factory=dict)
     tokens: TokenShare | None = None  # OAuth tokens shared between replicas
     # Stored responses (/v1/responses with store: true), in the state backend.
     conversations: Conversations = field(

@@ -340,10 +340,25 @@ class Pool:
         self.changed = True
         self._tell(st, Change.RESET)
 
-    def enable(self, st: AccountState) -> None:
+    def operator_disable(self, st: AccountState, reason: str) -> bool:
+        """An operator's word: ``st`` out of rotation until an operator enables it again,
+        across reloads and restarts. No error of the account's; True when it was not
+        disabled before."""
+        first = st.disabled is None
+        st.disabled = reason
+        st.disabled_persist = True
+        st.disabled_credential = None  # no refused credential: a new login does not undo it
+        self.changed = True
+        self._tell(st, Change.DISABLE)
+        return first
+
+    def enable(self, st: AccountState, now: float) -> None:
+        """Back in rotation (an operator's word, or a new login after a refused one); a
+        replica's snapshot older than ``now`` must not disable it again."""
         st.disabled = None
         st.disabled_persist = False
         st.disabled_credential = None
+        st.enabled_at = now
         self.changed = True
         self._tell(st, Change.ENABLE)
 

@@ -131,6 +131,8 @@ class AccountState:
     plain_until: float = 0.0
     # When an operator last reset the account: shared state older than that is stale.
     reset_at: float = 0.0
+    # When it was last enabled: a shared disable older than that is stale.
+    enabled_at: float = 0.0
     recent: deque[float] = field(default_factory=deque)
     day_start: float = 0.0
     day_requests: int = 0
@@ -157,6 +159,7 @@ class AccountState:
 
     _PERSISTED = (
         "reset_at",
+        "enabled_at",
         "cooldown_until",
         "cooldown_explicit",
         "backoff",

@@ -15,7 +15,7 @@ from proxy.state import scripts as rs
 from proxy.state.redis_link import RedisClient, RedisLink, Unreachable
 from proxy.state.store import States
 
-FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start", "reset_at")
+FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start", "reset_at", "enabled_at")
 INTS = ("day_requests", "day_tokens", "requests", "errors", "prompt_tokens", "completion_tokens")
 TEXTS = ("last_error", "disabled", "disabled_credential")
 BREAKER = "breaker:"

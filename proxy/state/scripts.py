@@ -131,8 +131,8 @@ end
 # ARGV: prefix, name, day start, requests, day requests, errors, prompt, completion,
 #       last error, times (1/0), cooldown until, cooldown explicit (1/0), quota until,
 #       backoff, disable op (set/clear/''), reason, persist (1/0), credential
-#       fingerprint, reset (1/0: an operator cleared its health), reset time,
-#       then per changed breaker scope: scope, until (0: closed).
+#       fingerprint, reset (1/0: an operator cleared its health), reset time, enable
+#       time (with a clear), then per changed breaker scope: scope, until (0: closed).
 REPORT = (
     _DAY
     + """
@@ -167,8 +167,11 @@ if ARGV[15] == 'set' then
     'disabled_credential', ARGV[18])
 elseif ARGV[15] == 'clear' then
   redis.call('HDEL', h, 'disabled', 'disabled_persist', 'disabled_credential')
+  if tonumber(redis.call('HGET', h, 'enabled_at') or '0') < tonumber(ARGV[21]) then
+    redis.call('HSET', h, 'enabled_at', ARGV[21])
+  end
 end
-for i = 21, #ARGV, 2 do
+for i = 22, #ARGV, 2 do
   if ARGV[i + 1] == '0' then redis.call('HDEL', h, 'breaker:' .. ARGV[i])
   else redis.call('HSET', h, 'breaker:' .. ARGV[i], ARGV[i + 1]) end
 end
@@ -186,17 +189,22 @@ MERGE = (
     + """
 local text = {disabled = 1, disabled_persist = 1, disabled_credential = 1, last_error = 1}
 local health = {cooldown_until = 1, quota_until = 1, backoff = 1}
-local explicit, seen_reset = '0', 0
+local disable = {disabled = 1, disabled_persist = 1, disabled_credential = 1}
+local explicit, seen_reset, seen_enable = '0', 0, 0
 for i = 4, #ARGV, 2 do
   if ARGV[i] == 'cooldown_explicit' then explicit = ARGV[i + 1] end
   if ARGV[i] == 'reset_at' then seen_reset = tonumber(ARGV[i + 1]) end
+  if ARGV[i] == 'enabled_at' then seen_enable = tonumber(ARGV[i + 1]) end
 end
--- A replica that has not seen the latest reset must not bring back what it cleared.
+-- A replica that has not seen the latest reset (or enable) must not bring back what it
+-- cleared.
 local stale = seen_reset < tonumber(redis.call('HGET', h, 'reset_at') or '0')
+local disabled_before = seen_enable < tonumber(redis.call('HGET', h, 'enabled_at') or '0')
 for i = 4, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   local current = redis.call('HGET', h, field)
-  if field == 'cooldown_explicit' or field == 'reset_at' or (stale and health[field]) then
+  if field == 'cooldown_explicit' or field == 'reset_at' or (stale and health[field])
+    or (disabled_before and disable[field]) then
     -- cooldown_explicit is set with cooldown_until, which it describes
   elseif field == 'cooldown_until' then
     if tonumber(current or '0') < tonumber(value) then

@@ -328,6 +328,7 @@ class SharedPool:
             st.disabled_credential or "",
             int(r.reset),
             repr(st.reset_at),
+            repr(st.enabled_at),
             *breakers,
         ]
 
@@ -385,6 +386,7 @@ class SharedPool:
         st.quota_until = max(st.quota_until, shared.get("quota_until", 0.0))
         st.backoff = shared.get("backoff", st.backoff)
         self._apply_breakers(st, shared["breakers"])
+        st.enabled_at = max(st.enabled_at, shared.get("enabled_at", 0.0))
         reason = shared.get("disabled")
         if reason != st.disabled:
             st.disabled = reason
