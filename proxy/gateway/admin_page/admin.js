@@ -9,15 +9,17 @@
   const BASE = location.pathname.replace(/\/admin\/?$/, "");
   const $ = (id) => document.getElementById(id);
 
+  // A symbol and words for each state: colour is never the only signal. The symbols
+  // are in common fonts (DejaVu has them all), not emoji.
   const STATES = {
     available: ["\u2713", "available"],
-    rate_limited: ["\u23F3", "rate limited"],
-    quota_exhausted: ["\u26D4", "out of quota"],
+    rate_limited: ["\u25F7", "rate limited"],
+    quota_exhausted: ["\u2205", "out of quota"],
     circuit_open: ["\u26A1", "circuit open"],
-    disabled: ["\u23F8", "disabled"],
+    disabled: ["\u2298", "disabled"],
     max_concurrent: ["\u2026", "at max_concurrent"],
-    rpm_limit: ["\u23F3", "at its rpm limit"],
-    daily_limit: ["\u23F3", "at its daily limit"],
+    rpm_limit: ["\u25F7", "at its rpm limit"],
+    daily_limit: ["\u25F7", "at its daily limit"],
   };
 
   let timer = null;
