@@ -133,14 +133,20 @@ async def run(base_url: str, model: str) -> str:
         await client.close()
 
 
-async def compare() -> list[tuple[str, str, str, str]]:
-    """Each scenario: (name, what the upstream does, direct result, result through seamline)."""
+async def serve(path: str, handler: Any) -> tuple[web.AppRunner, str]:
+    """A simulated upstream answering POSTs to ``path`` on a free port, and its root URL."""
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", upstream_handler)
+    app.router.add_post(path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
-    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def compare() -> list[tuple[str, str, str, str]]:
+    """Each scenario: (name, what the upstream does, direct result, result through seamline)."""
+    runner, upstream = await serve("/v1/chat/completions", upstream_handler)
+    upstream += "/v1"
     conf = cfg.parse(
         f'[server]\nheartbeat_s = 0\n[state]\npath = ":memory:"\n'
         f'[[accounts]]\nname = "simulated"\nbase_url = "{upstream}"\n',
@@ -226,12 +232,7 @@ async def admin_screenshot(path: str, width: int = 1280) -> None:
     disable, a stream in flight: the admin page as an operator sees it, saved at ``path``."""
     from playwright.async_api import async_playwright
 
-    app = web.Application()
-    app.router.add_post("/{name}/v1/chat/completions", pool_upstream)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    upstream = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, upstream = await serve("/{name}/v1/chat/completions", pool_upstream)
     text = f'[server]\nadmin_key = "{ADMIN_KEY}"\napi_keys = {json.dumps(list(CLIENTS))}\n'
     text += '[state]\npath = ":memory:"\n'
     for name in POOL:

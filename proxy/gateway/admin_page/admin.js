@@ -113,6 +113,7 @@
       showProblem("");
       $("status").textContent = "Updated " + new Date().toLocaleTimeString();
     } catch (err) {
+      if (!key()) return; // forgotten meanwhile
       if (err instanceof Refused) {
         askForKey("The admin key was refused (401). Check server.admin_key and enter it again.");
         return;
@@ -124,6 +125,9 @@
       showProblem(err.message + " \u2014 retrying.");
       $("status").textContent = "Not updated since an error";
     }
+    // An action's refresh may overlap the scheduled one: whichever ends last schedules
+    // the next, so there is only ever one chain of refreshes.
+    clearTimeout(timer);
     timer = setTimeout(refresh, REFRESH_MS);
   }
 
