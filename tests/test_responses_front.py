@@ -281,6 +281,13 @@ async def test_hosted_tools_are_left_out_and_named_in_a_header(
     assert raw.headers["x-seamline-dropped-tools"] == "web_search"
     assert "tools" not in _sent(upstream)
     assert raw.parse().output_text == "ok"
+    async with client(proxied) as c:
+        streamed = await c.responses.with_raw_response.create(
+            model="m", input="hi", tools=[{"type": "web_search"}], stream=True
+        )
+        assert streamed.headers["x-seamline-dropped-tools"] == "web_search"
+        events = [e async for e in streamed.parse()]
+    assert events[-1].type == "response.completed"
 
 
 async def test_a_request_that_depends_on_a_hosted_tool_is_refused(

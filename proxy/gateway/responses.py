@@ -224,7 +224,12 @@ async def _answer(
             chat, response_id=response_id, created_at=created, ids=sequential_ids(seed)
         )
         translator = ResponsesTranslator(machine)
-        done = await translate_stream(request, config, answer, call, translator)
+        dropped = (
+            {DROPPED_TOOLS_HEADER: ",".join(chat.dropped_tools)} if chat.dropped_tools else None
+        )
+        done = await translate_stream(
+            request, config, answer, call, translator, extra_headers=dropped
+        )
         final = machine.response() if machine.done else None
         usage = _usage(final)
         stored = final if machine.status in ("completed", "incomplete") else None
