@@ -15,27 +15,23 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from replicas import RedisServer, Replica, redis_server, replicas
-from test_failover import (
-    FILL_FIRST,
-    MakeUpstream,
-    account,
+
+from support.builders import FILL_FIRST, account, chunk, conf, key_account, redis_config, sse_stream
+from support.clients import (
     accounts,
     ask,
-    conf,
-    counts,
-    fail,
+    client,
+    collect,
     fetch_ready,
-    make_upstream,
-    ok,
+    get_json,
     post,
     request_body,
+    text_of,
 )
-from test_replicas import get_json, key_account, redis_config, two_replicas, wait_for
-
-from conftest import StartSeamline, Upstream, chunk, client, collect, sse_stream, text_of
-
-__all__ = ["make_upstream", "redis_server", "replicas"]  # fixtures, found by pytest
+from support.redis_replicas import RedisServer, Replica, two_replicas
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream, counts, fail, ok
+from support.waiting import wait_for
 
 BREAK_FAST = "breaker_threshold = 2\nbreaker_cooldown = 30"
 

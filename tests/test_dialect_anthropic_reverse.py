@@ -9,11 +9,8 @@ from typing import Any
 
 import openai
 import pytest
-from anthropic_judge import chat_chunks, chat_sse, chunk, usage_chunk
-from anthropic_judge import translate as chat_to_anthropic
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dialect_anthropic_stream import chat_streams
 
 from proxy.core.convert import Aggregator
 from proxy.core.dialects.anthropic_chat_stream import AnthropicToChat
@@ -27,6 +24,8 @@ from proxy.core.dialects.anthropic_reverse import (
     to_messages,
 )
 from proxy.core.sse import Reframer
+from support.anthropic_dialect import chat_chunks, chat_sse, chat_streams, chunk, usage_chunk
+from support.anthropic_dialect import translate as chat_to_anthropic
 
 
 def messages_body(**fields: Any) -> dict[str, Any]:

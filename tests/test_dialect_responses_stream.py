@@ -14,7 +14,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseFunctionToolCall
-from responses_support import (
+
+from proxy.core.dialects.responses_answer import completion_to_response
+from proxy.core.dialects.responses_common import (
+    UpstreamFailure,
+    encode_event,
+    encode_events,
+    sequential_ids,
+)
+from proxy.core.dialects.responses_request import translate_request
+from proxy.core.sse import Event, Reframer
+from support.responses_dialect import (
     REQUEST,
     TOOLS,
     USAGE,
@@ -33,16 +43,6 @@ from responses_support import (
     usage_chunk,
     validate,
 )
-
-from proxy.core.dialects.responses_answer import completion_to_response
-from proxy.core.dialects.responses_common import (
-    UpstreamFailure,
-    encode_event,
-    encode_events,
-    sequential_ids,
-)
-from proxy.core.dialects.responses_request import translate_request
-from proxy.core.sse import Event, Reframer
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:

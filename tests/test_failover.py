@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import json
 import os
-import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,48 +25,36 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 from pytest_aiohttp import AiohttpServer
 
-from conftest import Reply, StartSeamline, Upstream, chunk, client, make_upstream_app, text_of
-from proxy import config as cfg
 from proxy import logs
-from proxy.gateway.app import Runner, start
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.store import MemoryStore, Persister
+from support.builders import (
+    ADMIN_KEY,
+    FILL_FIRST,
+    account,
+    chunk,
+    completion,
+    conf,
+    error_body,
+    key_of,
+    toml,
+)
+from support.clients import (
+    Reply,
+    accounts,
+    admin_get,
+    ask,
+    client,
+    fetch_ready,
+    post,
+    request_body,
+    text_of,
+)
+from support.ports import closed_port_url
+from support.seamline import StartSeamline, start_seamline
+from support.upstream import MakeUpstream, Upstream, counts, fail, ok
 
-ADMIN_KEY = "admin-key-3f9a1c-secret"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-FILL_FIRST = 'strategy = "fill_first"'
-
-MakeUpstream = Callable[[], Awaitable[Upstream]]
-
-
-def key_of(name: str) -> str:
-    return f"sk-test-{name}-secret"
-
-
-# -- upstream answers ---------------------------------------------------------------------
-
-
-def completion(text: str, prompt: int = 3, completion_tokens: int = 2) -> bytes:
-    """A non-streamed chat.completion with usage."""
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-        },
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def events(*contents: str) -> list[bytes]:
@@ -77,85 +63,13 @@ def events(*contents: str) -> list[bytes]:
     return [*out, b"data: " + chunk(finish="stop") + b"\n\n", b"data: [DONE]\n\n"]
 
 
-def ok(up: Upstream, text: str, stream: bool, **kw: Any) -> None:
-    """Script a successful answer of ``text``."""
-    if stream:
-        up.script(*events(text), **kw)
-    else:
-        up.script(completion(text), content_type="application/json", **kw)
-
-
-def error_body(message: str, code: str | None = None) -> bytes:
-    err = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    return json.dumps({"error": err}).encode()
-
-
-def fail(up: Upstream, status: int, body: bytes | None = None, **kw: Any) -> None:
-    """Script an error answer; by default its body echoes the account's key, as some do."""
-    body = body if body is not None else error_body(f"failed {status}: {key_of('A')}")
-    up.script(body, status=status, content_type="application/json", **kw)
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
-# -- config -------------------------------------------------------------------------------
-
-
-def toml(**opts: Any) -> str:
-    # JSON spells strings, numbers, booleans and arrays of strings the way TOML does.
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items())
-
-
-def account(name: str, url: str, **opts: Any) -> str:
-    return "[[accounts]]\n" + toml(name=name, base_url=url, api_key=key_of(name), **opts)
-
-
 def oauth_account(name: str, creds: Path, token_url: str, **opts: Any) -> str:
     return "[[accounts]]\n" + toml(
         name=name, kind="qwen-oauth", credentials=str(creds), token_url=token_url, **opts
     )
 
 
-def conf(*accounts: str, routing: str = "", timeouts: str = "", state: str = ":memory:") -> str:
-    head = f"[server]\nport = 0\nadmin_key = {json.dumps(ADMIN_KEY)}\n"
-    head += f"[timeouts]\n{timeouts}\n[routing]\n{routing}\n[state]\npath = {json.dumps(state)}\n"
-    return head + "".join(accounts)
-
-
 # -- clients ------------------------------------------------------------------------------
-
-
-_ASKED = itertools.count()
-
-
-def prompt() -> list[ChatCompletionMessageParam]:
-    """A new prompt each time: distinct requests, as real traffic is (the breaker counts
-    one request failing again, a client's retry, once)."""
-    return [{"role": "user", "content": f"hi {next(_ASKED)}"}]
-
-
-def request_body(stream: bool = False, model: str = "m", **extra: Any) -> bytes:
-    obj = {"model": model, "messages": prompt(), "stream": stream, **extra}
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-async def post(
-    base: str, body: bytes | None = None, session: aiohttp.ClientSession | None = None
-) -> Reply:
-    """POST raw bytes to /v1/chat/completions; the answer's status, headers and bytes."""
-    if session is None:
-        async with aiohttp.ClientSession() as s:
-            return await post(base, body, s)
-    headers = {"Content-Type": "application/json"}
-    async with session.post(
-        base + "/chat/completions", data=body or request_body(), headers=headers
-    ) as r:
-        return Reply(r.status, dict(r.headers), await r.read())
 
 
 async def post_many(base: str, n: int, concurrency: int = 16) -> list[Reply]:
@@ -167,34 +81,6 @@ async def post_many(base: str, n: int, concurrency: int = 16) -> list[Reply]:
                 return await post(base, None, s)
 
         return await asyncio.gather(*(one() for _ in range(n)))
-
-
-async def ask(base: str, stream: bool = False, model: str = "m") -> str:
-    """One chat completion through the real openai client; the answer's text."""
-    async with client(base) as c:
-        if stream:
-            s = await c.chat.completions.create(model=model, messages=prompt(), stream=True)
-            return text_of([ch async for ch in s])
-        r = await c.chat.completions.create(model=model, messages=prompt())
-        return r.choices[0].message.content or ""
-
-
-async def admin_get(base: str, **headers: str) -> tuple[int, str]:
-    url = base.removesuffix("/v1") + "/admin/accounts"
-    async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
-        return r.status, await r.text()
-
-
-async def accounts(base: str) -> dict[str, dict[str, Any]]:
-    """GET /admin/accounts with the admin key: each account's row by name."""
-    status, text = await admin_get(base, Authorization=f"Bearer {ADMIN_KEY}")
-    assert status == 200, text
-    return {row["name"]: row for row in json.loads(text)["accounts"]}
-
-
-async def fetch_ready(base: str) -> int:
-    async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/readyz") as r:
-        return r.status
 
 
 def seconds_until(iso: str) -> float:
@@ -225,24 +111,7 @@ async def until_released(base: str, name: str) -> None:
     await until(released)
 
 
-def counts(*ups: Upstream) -> list[int]:
-    return [len(u.requests) for u in ups]
-
-
 # -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_upstream(aiohttp_server: AiohttpServer) -> MakeUpstream:
-    """A new scripted upstream on loopback: one more account."""
-
-    async def make() -> Upstream:
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        return up
-
-    return make
 
 
 @pytest.fixture
@@ -1089,12 +958,6 @@ async def test_non_streamed_usage_is_counted_per_account(
 def state_files(directory: Path) -> bytes:
     """The state database and its journal, if any."""
     return b"".join(p.read_bytes() for p in sorted(directory.glob("state.db*")))
-
-
-async def start_seamline(text: str) -> tuple[Runner, str]:
-    runner = await start(cfg.parse(text, "test.toml", {}), "127.0.0.1", 0)
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}/v1"
 
 
 async def test_exhausted_quota_survives_a_restart(

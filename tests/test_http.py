@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from conftest import Upstream, chunk, config_text, sse_stream
 from proxy import config as cfg
 from proxy.gateway import serving
 from proxy.gateway.app import Runner, create_app, drain, start, web_app
 from proxy.gateway.serving import MAX_FIELD
 from proxy.upstream.call import make_session
+from support.builders import chunk, config_text, sse_stream
+from support.upstream import Upstream
 
 # An account that is never called: tests without a /v1 request need no upstream.
 NOWHERE = "http://127.0.0.1:9/v1"

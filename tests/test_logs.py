@@ -12,8 +12,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import StartSeamline, Upstream, chunk, client, config_text, sse_stream, text_of
 from proxy import logs
+from support.builders import chunk, config_text, sse_stream
+from support.clients import client, text_of
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
 ACCOUNT_KEY = "sk-test-acc1-secret"
 CLIENT_KEY = "client-key-very-secret"

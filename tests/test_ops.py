@@ -25,18 +25,19 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from conftest import Reply, Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
 from proxy import config as cfg
 from proxy.gateway.app import Runner, drain, start
 from proxy.gateway.runtime import reload
+from support.builders import chunk, sse_stream
+from support.clients import Reply, parse_answer, raw_request, root
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Script, Upstream, upstream_app
 
 ADMIN_KEY = "admin-key-7c41d2-secret"
 ROUTE = "/v1/chat/completions"
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
 # Only PATH: nothing secret, and no proxy settings, from the test runner.
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
-
-MakeUpstream = Callable[[], Awaitable[Upstream]]
 
 
 # -- config --------------------------------------------------------------------------------
@@ -61,10 +62,6 @@ def conf(*accounts: str, routing: str = "", **server: Any) -> str:
 
 
 # -- clients -------------------------------------------------------------------------------
-
-
-def root(base: str) -> str:
-    return base.removesuffix("/v1")
 
 
 def request_body(stream: bool = True, model: str = "m", **extra: Any) -> bytes:
@@ -92,50 +89,6 @@ async def post(base: str, data: Any = None, **headers: str) -> Reply:
     """POST to /v1/chat/completions (a streamed request for model m by default)."""
     url = base + "/chat/completions"
     return await fetch("POST", url, data or request_body(), headers=headers)
-
-
-async def raw_request(url: str, start: bytes, body: bytes = b"", *headers: bytes) -> Reply:
-    """Send exactly these bytes (no client-side normalisation of the path); parse the answer."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        head = [start + b" HTTP/1.1", b"Host: seamline", b"Connection: close", *headers]
-        if body or start.startswith(b"POST"):
-            head.append(b"Content-Length: %d" % len(body))
-        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        async with asyncio.timeout(10):
-            answer = await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return parse_answer(answer)
-
-
-def parse_answer(answer: bytes) -> Reply:
-    """Status, headers (lower-cased names) and body of one HTTP/1.1 answer."""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, val = line.partition(":")
-        headers[name.strip().lower()] = val.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = dechunk(body)
-    return Reply(status, headers, body)
-
-
-def dechunk(data: bytes) -> bytes:
-    """The body of a chunked transfer encoding."""
-    out: list[bytes] = []
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if not size:
-            return b"".join(out)
-        out.append(data[:size])
-        data = data[size + 2 :]
 
 
 def admin(key: str = ADMIN_KEY) -> dict[str, str]:
@@ -194,22 +147,6 @@ def usage_chunk(prompt: int, completion: int) -> bytes:
     total = prompt + completion
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
     return chunk(choices=[], usage=usage)
-
-
-# -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_upstream(aiohttp_server: Any) -> MakeUpstream:
-    """A new scripted upstream on loopback: one more account."""
-
-    async def make() -> Upstream:
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        return up
-
-    return make
 
 
 # -- 1. liveness and readiness -------------------------------------------------------------
@@ -763,7 +700,7 @@ class Fuzz(NamedTuple):
 
 async def _fuzz_start() -> Fuzz:
     up = Upstream(url="", scripts=[Script()])
-    up_runner = web.AppRunner(make_upstream_app(up))
+    up_runner = web.AppRunner(upstream_app(up))
     await up_runner.setup()
     await web.TCPSite(up_runner, "127.0.0.1", 0).start()
     up.url = f"http://127.0.0.1:{up_runner.addresses[0][1]}/v1"

@@ -7,47 +7,29 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from peers import (
-    OK,
-    Serve,
-    answering,
-    serve,
-    tls_files,
-    tls_upstream,
-)
-from proxies import (
-    StartScripted,
-    StartTinyproxy,
-    free_port,
-    scripted_proxy,
-    tinyproxy,
-)
 from structlog.testing import capture_logs
 
-from conftest import StartSeamline, Upstream, client, collect, config_text, sse_stream, text_of
 from proxy.config import parse
 from proxy.config.egress import ProxyURL, parse_proxy
 from proxy.errors import UpstreamUnreachable
 from proxy.gateway.runtime import oauth_accounts
 from proxy.upstream import wire
-
-__all__ = ["scripted_proxy", "serve", "tinyproxy", "tls_files"]  # fixtures, found by pytest
+from support.builders import OK, config_text, sse_stream
+from support.clients import client, collect, text_of
+from support.http_proxies import StartScripted, StartTinyproxy
+from support.ports import free_port
+from support.seamline import StartSeamline
+from support.tls import tls_upstream
+from support.upstream import StartRawUpstream, Upstream, answering
 
 PASSWORD = "pr0xy-s3cret-pw"
-
-
-@pytest.fixture
-async def wire_client() -> AsyncIterator[wire.Client]:
-    c = wire.Client()
-    yield c
-    c.close()
 
 
 async def get(
@@ -94,9 +76,9 @@ async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
 
 
 async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_pool(
-    serve: Serve, scripted_proxy: StartScripted, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, scripted_proxy: StartScripted, wire_client: wire.Client
 ) -> None:
-    up = await serve(answering(OK))
+    up = await raw_upstream(answering(OK))
     proxy = await scripted_proxy()
     one, two = parse_proxy(proxy.url("a", "one")), parse_proxy(proxy.url("b", "two"))
     for via in (None, one, None, one, two, None, two):

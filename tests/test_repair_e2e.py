@@ -21,8 +21,11 @@ import openai
 import pytest
 from multidict import CIMultiDictProxy
 
-from conftest import StartSeamline, Upstream, chunk, client, collect, config_text, text_of
 from proxy import logs
+from support.builders import chunk, config_text
+from support.clients import client, collect, text_of
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
 DONE = b"data: [DONE]\n\n"
 FIN = chunk(finish="stop")

@@ -12,15 +12,16 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from replicas import RedisServer, Replica, redis_server, replicas, start_replica
 
-from conftest import Upstream, client, collect, sse_stream, text_of
 from proxy import config as cfg
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.redis_link import RedisLink
 from proxy.state.shared import SharedPool
-
-__all__ = ["redis_server", "replicas"]  # fixtures, imported to be found by pytest
+from support.builders import key_account, redis_config, sse_stream
+from support.clients import client, collect, get_json, text_of
+from support.redis_replicas import RedisServer, Replica, start_replica, two_replicas
+from support.upstream import Upstream
+from support.waiting import wait_for
 
 QUOTA_BODY = json.dumps({"error": {"code": "insufficient_quota", "message": "quota exceeded"}})
 COMPLETION = json.dumps(
@@ -42,50 +43,6 @@ class _Any:
 
 
 ANY: Any = _Any()  # the client id in the refresh form is the default one; any will do
-
-
-def redis_config(url: str, accounts: str, routing: str = "round_robin") -> str:
-    return f"""
-[server]
-port = 0
-admin_key = "adm"
-metrics_public = true
-[routing]
-strategy = "{routing}"
-[state]
-backend = "redis"
-url = "{url}"
-sync_s = 0.1
-{accounts}
-"""
-
-
-def key_account(name: str, url: str, extra: str = "") -> str:
-    return f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\napi_key = "sk-{name}"\n{extra}\n'
-
-
-async def two_replicas(tmp_path: Path, replicas: list[Replica], text: str) -> list[Replica]:
-    path = tmp_path / "seamline.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    started = await asyncio.gather(start_replica(path), start_replica(path))
-    replicas.extend(started)
-    return list(started)
-
-
-async def get_json(url: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(url, headers={"Authorization": "Bearer adm"}) as r,
-    ):
-        return r.status, await r.json()
-
-
-async def wait_for(check: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def keys_used(upstream: Upstream) -> list[str]:

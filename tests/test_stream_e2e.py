@@ -13,16 +13,10 @@ import pytest
 import yarl
 from aiohttp import web
 
-from conftest import (
-    StartSeamline,
-    Upstream,
-    chunk,
-    client,
-    collect,
-    config_text,
-    sse_stream,
-    text_of,
-)
+from support.builders import chunk, config_text, sse_stream
+from support.clients import client, collect, text_of
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
 WORDS = ["Hel", "lo, ", "wörld ", "€ ", "😀", "!"]
 EXPECTED = "".join(WORDS)
