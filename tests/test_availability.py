@@ -16,7 +16,7 @@ import aiohttp
 import openai
 import pytest
 
-from support.builders import FILL_FIRST, account, chunk, conf, key_account, redis_config, sse_stream
+from support.builders import FILL_FIRST, account, chunk, conf, event, redis_config, sse_stream
 from support.clients import (
     accounts,
     ask,
@@ -48,7 +48,7 @@ def breakage(up: Upstream, kind: str) -> None:
     if kind == "5xx":
         fail(up, 500)
         return
-    piece = b"data: " + chunk("partial") + b"\n\n"
+    piece = event(chunk("partial"))
     up.script(piece, **BREAKAGES[kind])  # type: ignore[arg-type]
 
 
@@ -207,7 +207,7 @@ async def test_a_circuit_opened_through_one_replica_refuses_nothing_on_another(
     for _ in range(2):
         upstream.script(body, status=500, content_type="application/json")
     upstream.script(*sse_stream("fine"))
-    text = redis_config(redis_server.url, key_account("only", upstream.url))
+    text = redis_config(redis_server.url, account("only", upstream.url))
     text = text.replace("[routing]\n", "[routing]\nbreaker_threshold = 1\nbreaker_cooldown = 60\n")
     a, b = await two_replicas(tmp_path, replicas, text)
     async with client(a.base_url) as c:

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from proxy.core.dialects.anthropic_events import Event, encode, ping
 from proxy.core.dialects.anthropic_stream import ChatToAnthropic
 from support.anthropic_dialect import (
-    chat_sse,
     chat_streams,
     chunk,
     final_message,
@@ -29,6 +28,7 @@ from support.anthropic_dialect import (
     translate,
     usage_chunk,
 )
+from support.builders import sse_of
 
 # --- the shape every stream must have ---------------------------------------------------
 
@@ -107,7 +107,7 @@ def test_every_event_names_its_type_on_one_data_line() -> None:
 def test_reasoning_is_a_thinking_block_closed_before_the_text_opens() -> None:
     events = translate(
         [
-            chat_sse(
+            sse_of(
                 [
                     chunk({"reasoning_content": "Let me "}),
                     chunk({"reasoning_content": "think."}),
@@ -278,7 +278,7 @@ def test_a_stop_sequence_reaches_the_sdk() -> None:
     finish = chunk(finish="stop")
     finish["choices"][0]["matched_stop"] = "END"  # SGLang's spelling
     t = ChatToAnthropic("claude-test", message_id="msg_1", stop_sequences=("END",))
-    events = translate([chat_sse([chunk({"content": "x"}), finish])], t)
+    events = translate([sse_of([chunk({"content": "x"}), finish])], t)
     message = final_message(encode(events))
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
 
@@ -346,7 +346,7 @@ def test_several_tool_calls_by_their_index() -> None:
 def test_interleaved_tool_calls_keep_their_own_arguments() -> None:
     events = translate(
         [
-            chat_sse(
+            sse_of(
                 [
                     call(0, '{"x": ', id="call_a", name="f"),
                     call(1, '{"y": ', id="call_b", name="g"),
@@ -380,7 +380,7 @@ def test_shortened_tool_names_go_back_to_the_clients() -> None:
     long = "mcp__server__" + "x" * 80
     t = ChatToAnthropic("claude-test", message_id="msg_1", tool_names={"short_1": long})
     events = translate(
-        [chat_sse([call(0, "{}", id="call_1", name="short_1"), chunk(finish="tool_calls")])], t
+        [sse_of([call(0, "{}", id="call_1", name="short_1"), chunk(finish="tool_calls")])], t
     )
     assert tool_uses(encode(events)) == [("call_1", long, {})]
 
@@ -438,7 +438,7 @@ def test_a_cut_after_the_finish_reason_is_still_an_error() -> None:
 
 def test_a_mid_stream_error_chunk_ends_the_stream() -> None:
     error = {"error": {"message": "model crashed", "type": "server_error"}}
-    events = translate([chat_sse([chunk({"content": "x"}), error, chunk({"content": "y"})])])
+    events = translate([sse_of([chunk({"content": "x"}), error, chunk({"content": "y"})])])
     assert names(events)[-1] == "error"
     assert events[-1].data == {
         "type": "error",
@@ -449,22 +449,22 @@ def test_a_mid_stream_error_chunk_ends_the_stream() -> None:
 
 def test_an_overloaded_upstream_is_an_overloaded_error() -> None:
     error = {"error": {"message": "busy", "code": 529}}
-    events = translate([chat_sse([chunk({"content": "x"}), error])])
+    events = translate([sse_of([chunk({"content": "x"}), error])])
     assert events[-1].data["error"]["type"] == "overloaded_error"
 
 
 def test_an_error_event_and_a_bare_error_line() -> None:
     named = b'event: error\ndata: {"error": {"message": "boom", "code": 503}}\n\n'
-    events = translate([chat_sse([chunk({"content": "x"})], done=False) + named])
+    events = translate([sse_of([chunk({"content": "x"})], done=False) + named])
     assert events[-1].data["error"] == {"type": "overloaded_error", "message": "boom"}
     bare = b'{"error": {"message": "bare"}}\n'
-    events = translate([chat_sse([chunk({"content": "x"})], done=False) + bare])
+    events = translate([sse_of([chunk({"content": "x"})], done=False) + bare])
     assert events[-1].data["error"]["message"] == "bare"
 
 
 def test_a_finish_reason_that_means_failure_is_an_error() -> None:
     events = translate(
-        [chat_sse([chunk({"content": "x"}), chunk(finish="insufficient_system_resource")])]
+        [sse_of([chunk({"content": "x"}), chunk(finish="insufficient_system_resource")])]
     )
     assert events[-1].data["error"]["type"] == "overloaded_error"
     assert_raises_in_sdk(encode(events))
@@ -491,7 +491,7 @@ def test_an_error_before_any_chunk_is_only_the_error() -> None:
 
 
 def test_nothing_follows_done() -> None:
-    body = chat_sse([chunk({"content": "x"}), chunk(finish="stop")]) + chat_sse(
+    body = sse_of([chunk({"content": "x"}), chunk(finish="stop")]) + sse_of(
         [chunk({"content": "after"})]
     )
     events = translate([body])
@@ -500,7 +500,7 @@ def test_nothing_follows_done() -> None:
 
 
 def test_pings_keepalives_and_junk_are_not_events() -> None:
-    body = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: not json\n\n" + chat_sse(
+    body = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: not json\n\n" + sse_of(
         [chunk({"content": "x"}), chunk(finish="stop")]
     )
     assert names(translate([body])).count("content_block_delta") == 1
@@ -524,7 +524,7 @@ def test_any_chat_stream_gives_well_formed_blocks_and_the_message_meant(
     case: tuple[list[Any], dict[str, Any]],
 ) -> None:
     chunks, meant = case
-    events = translate([chat_sse(chunks)])
+    events = translate([sse_of(chunks)])
     assert_well_formed(events)
     assert events[-1].name == "message_stop"
     message = final_message(encode(events))
@@ -549,7 +549,7 @@ def test_any_chat_stream_gives_well_formed_blocks_and_the_message_meant(
 def test_any_byte_split_gives_the_same_events(
     case: tuple[list[Any], dict[str, Any]], data: st.DataObject
 ) -> None:
-    body = chat_sse(case[0]).replace(
+    body = sse_of(case[0]).replace(
         b"\n\n", data.draw(st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\r"]))
     )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
@@ -566,7 +566,7 @@ def test_a_stream_cut_anywhere_never_ends_in_message_stop(
     # Cut before the finish_reason (cleanly or not), or anywhere but uncleanly.
     clean = data.draw(st.booleans())
     keep = data.draw(st.integers(0, len(chunks) - 2 if clean else len(chunks)))
-    events = translate([chat_sse(chunks[:keep], done=False)], clean=clean)
+    events = translate([sse_of(chunks[:keep], done=False)], clean=clean)
     assert "message_stop" not in names(events)
     assert names(events)[-1] == "error"
     if events[0].name == "message_start":

@@ -24,6 +24,7 @@ from proxy.core.dialects.responses_common import (
 )
 from proxy.core.dialects.responses_request import translate_request
 from proxy.core.sse import Event, Reframer
+from support.builders import sse_of
 from support.responses_dialect import (
     REQUEST,
     TOOLS,
@@ -38,7 +39,6 @@ from support.responses_dialect import (
     pieces,
     run,
     sdk_read,
-    sse,
     translator,
     usage_chunk,
     validate,
@@ -632,7 +632,7 @@ def test_any_chat_stream_gives_well_formed_events_that_say_what_it_said(answer: 
 def test_any_split_of_the_upstream_bytes_gives_the_same_events(
     answer: Answer, cuts: list[int], crlf: bool
 ) -> None:
-    data = sse(answer.chunks)
+    data = sse_of(answer.chunks)
     if crlf:
         data = data.replace(b"\n", b"\r\n")
     assert feed_bytes(data, cuts) == run(answer.chunks)

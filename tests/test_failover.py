@@ -36,8 +36,11 @@ from support.builders import (
     completion,
     conf,
     error_body,
+    event,
     key_of,
+    sse_stream,
     toml,
+    usage_chunk,
 )
 from support.clients import (
     Reply,
@@ -55,12 +58,6 @@ from support.seamline import StartSeamline, start_seamline
 from support.upstream import MakeUpstream, Upstream, counts, fail, ok
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def events(*contents: str) -> list[bytes]:
-    """A well-formed chat stream, one piece per event."""
-    out = [b"data: " + chunk(c) + b"\n\n" for c in contents]
-    return [*out, b"data: " + chunk(finish="stop") + b"\n\n", b"data: [DONE]\n\n"]
 
 
 def oauth_account(name: str, creds: Path, token_url: str, **opts: Any) -> str:
@@ -162,11 +159,11 @@ async def test_failover_hides_the_failure_byte_for_byte(
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
     fail(a, 503)
-    b.script(*events("from B"))
+    b.script(*sse_stream("from B"))
     base = await seamline(conf(account("A", a.url), account("B", b.url)))
     reply = await post(base, request_body(stream=True))
     assert reply.status == 200
-    assert reply.body == b"".join(events("from B"))
+    assert reply.body == b"".join(sse_stream("from B"))
     # B got the same request A got, with its own key.
     assert a.requests[0]["body"] == b.requests[0]["body"]
     assert b.requests[0]["headers"]["Authorization"] == f"Bearer {key_of('B')}"
@@ -231,7 +228,7 @@ async def test_an_upstream_refusing_stream_options_is_asked_again_without_and_re
 ) -> None:
     a = await make_upstream()
     fail(a, status, PYDANTIC_422)
-    a.script(*events("fine"))
+    a.script(*sse_stream("fine"))
     base = await seamline(conf(account("A", a.url)))
     assert await ask(base, True) == "fine"
     sent = [json.loads(r["body"]) for r in a.requests]
@@ -405,7 +402,7 @@ async def test_no_failover_after_the_first_byte(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(b"data: " + chunk("partial") + b"\n\n", ending="reset")
+    a.script(event(chunk("partial")), ending="reset")
     ok(b, "from B", True)
     base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
     got: list[str] = []
@@ -429,7 +426,7 @@ async def test_broken_non_streamed_answer_counts_against_the_account(
     if answer == "json":
         a.script(completion("from A")[:30], content_type="application/json", ending="reset")
     else:
-        a.script(b"data: " + chunk("from ") + b"\n\n", ending="reset")
+        a.script(event(chunk("from ")), ending="reset")
     base = await seamline(conf(account("A", a.url), routing="breaker_threshold = 1"))
     reply = await post(base)
     assert reply.status == 502
@@ -732,7 +729,7 @@ async def test_max_concurrent_sends_the_overflow_to_the_next_account(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(*events("one ", "two ", "three"), pause=0.1)
+    a.script(*sse_stream("one ", "two ", "three"), pause=0.1)
     ok(a, "from A", False)
     ok(b, "from B", False)
     base = await seamline(
@@ -750,7 +747,7 @@ async def test_a_client_going_away_mid_stream_frees_its_slot(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(b"data: " + chunk("thinking") + b"\n\n", ending="hang")
+    a.script(event(chunk("thinking")), ending="hang")
     ok(a, "from A", False)
     ok(b, "from B", False)
     base = await seamline(
@@ -758,7 +755,7 @@ async def test_a_client_going_away_mid_stream_frees_its_slot(
     )
     async with aiohttp.ClientSession() as s:
         resp = await s.post(base + "/chat/completions", data=request_body(stream=True))
-        assert await resp.content.readuntil(b"\n\n") == b"data: " + chunk("thinking") + b"\n\n"
+        assert await resp.content.readuntil(b"\n\n") == event(chunk("thinking"))
         assert await ask(base) == "from B"  # A's one slot is taken
         resp.close()
     await until_released(base, "A")
@@ -867,23 +864,13 @@ async def test_a_lower_priority_tier_is_used_only_when_the_first_tier_cannot(
 
 # -- 7. usage accounting ------------------------------------------------------------------
 
-USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-
 
 def usage_event() -> bytes:
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [],
-        "usage": USAGE,
-    }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return event(usage_chunk(11, 7))
 
 
 def stream_with_usage() -> list[bytes]:
-    *answer, done = events("Hel", "lo")
+    *answer, done = sse_stream("Hel", "lo")
     return [*answer, usage_event(), done]
 
 

@@ -13,12 +13,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy import logs
-from support.builders import chunk, config_text, sse_stream
+from support.builders import chunk, config_text, event, key_of, sse_stream
 from support.clients import client, text_of
 from support.seamline import StartSeamline
 from support.upstream import Upstream
 
-ACCOUNT_KEY = "sk-test-acc1-secret"
+ACCOUNT_KEY = key_of("acc1")
 CLIENT_KEY = "client-key-very-secret"
 
 
@@ -76,7 +76,7 @@ async def test_debug_streaming_traces_reads_and_writes_without_secrets(
     base = await _start(upstream, seamline)
     # The upstream echoes the key it was sent, as some do in error messages.
     upstream.script(
-        b"data: " + chunk(f"key {ACCOUNT_KEY} Bearer {CLIENT_KEY}") + b"\n\n",
+        event(chunk(f"key {ACCOUNT_KEY} Bearer {CLIENT_KEY}")),
         *sse_stream("done"),
     )
     async with (
@@ -119,7 +119,7 @@ async def test_debug_streaming_answers_what_the_model_said_and_what_seamline_cha
     long_id = {"id": "chatcmpl-" + "x" * 120, "system_fingerprint": "fp_" + "y" * 60}
     words = ["The ", "answer ", "is ", "42."]
     pieces = [b"data: " + chunk(w, **long_id) + b"\r\n\r\n" for w in words]  # CRLF: sent as LF
-    pieces.append(b"data: " + chunk(finish="stop", **long_id) + b"\n\n")  # no [DONE]: appended
+    pieces.append(event(chunk(finish="stop", **long_id)))  # no [DONE]: appended
     upstream.script(*pieces, headers={"x-upstream-thing": "1"})
     async with client(base, CLIENT_KEY) as c:
         stream = await c.chat.completions.create(

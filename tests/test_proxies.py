@@ -21,7 +21,7 @@ from proxy.config.egress import ProxyURL, parse_proxy
 from proxy.errors import UpstreamUnreachable
 from proxy.gateway.runtime import oauth_accounts
 from proxy.upstream import wire
-from support.builders import OK, config_text, sse_stream
+from support.builders import OK, completion, config_text, sse_stream
 from support.clients import client, collect, text_of
 from support.http_proxies import StartScripted, StartTinyproxy
 from support.ports import free_port
@@ -228,24 +228,10 @@ def via_tinyproxy(up: Upstream) -> list[bool]:
 async def test_an_accounts_calls_go_to_its_proxy_in_absolute_form_with_its_credentials(
     seamline: StartSeamline, scripted_proxy: StartScripted
 ) -> None:
-    completion = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "via"},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    ).encode()
+    body = completion("via")
     proxy = await scripted_proxy(
         forward=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
-        b"\r\n\r\n%s" % (len(completion), completion)
+        b"\r\n\r\n%s" % (len(body), body)
     )
     base = await seamline(through("http://llm.internal:8000/v1", proxy.url("me", PASSWORD)))
     async with client(base) as c:

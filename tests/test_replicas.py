@@ -17,24 +17,13 @@ from proxy import config as cfg
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.redis_link import RedisLink
 from proxy.state.shared import SharedPool
-from support.builders import key_account, redis_config, sse_stream
+from support.builders import account, completion, key_of, redis_config, sse_stream
 from support.clients import client, collect, get_json, text_of
 from support.redis_replicas import RedisServer, Replica, start_replica, two_replicas
 from support.upstream import Upstream
 from support.waiting import wait_for
 
 QUOTA_BODY = json.dumps({"error": {"code": "insufficient_quota", "message": "quota exceeded"}})
-COMPLETION = json.dumps(
-    {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-    }
-).encode()
 
 
 class _Any:
@@ -54,13 +43,13 @@ async def test_an_account_exhausted_through_replica_a_is_skipped_by_replica_b(
 ) -> None:
     upstream.script(QUOTA_BODY.encode(), status=429, content_type="application/json")
     upstream.script(*sse_stream("fine"))
-    accounts = key_account("a1", upstream.url) + key_account("a2", upstream.url)
+    accounts = account("a1", upstream.url) + account("a2", upstream.url)
     a, b = await two_replicas(
         tmp_path, replicas, redis_config(redis_server.url, accounts, "fill_first")
     )
 
     assert text_of(await collect(a.base_url)) == "fine"
-    assert keys_used(upstream) == ["sk-a1", "sk-a2"]
+    assert keys_used(upstream) == [key_of("a1"), key_of("a2")]
 
     async def b_knows() -> bool:
         _, body = await get_json(b.root + "/admin/accounts")
@@ -69,14 +58,14 @@ async def test_an_account_exhausted_through_replica_a_is_skipped_by_replica_b(
     await wait_for(b_knows)
     for _ in range(3):
         assert text_of(await collect(b.base_url)) == "fine"
-    assert keys_used(upstream) == ["sk-a1", "sk-a2", "sk-a2", "sk-a2", "sk-a2"]
+    assert keys_used(upstream) == [key_of("a1")] + [key_of("a2")] * 4
 
 
 async def test_an_rpm_limit_holds_across_both_replicas(
     upstream: Upstream, redis_server: RedisServer, replicas: list[Replica], tmp_path: Path
 ) -> None:
-    upstream.script(COMPLETION, content_type="application/json")
-    accounts = key_account("only", upstream.url, "rpm = 3")
+    upstream.script(completion("ok"), content_type="application/json")
+    accounts = account("only", upstream.url, rpm=3)
     a, b = await two_replicas(tmp_path, replicas, redis_config(redis_server.url, accounts))
 
     async def ask(base_url: str) -> str:
@@ -151,7 +140,7 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_its_return_is_picke
     upstream: Upstream, redis_server: RedisServer, replicas: list[Replica], tmp_path: Path
 ) -> None:
     upstream.script(*sse_stream("fine"), pause=0.002)
-    accounts = key_account("a1", upstream.url) + key_account("a2", upstream.url)
+    accounts = account("a1", upstream.url) + account("a2", upstream.url)
     a, b = await two_replicas(tmp_path, replicas, redis_config(redis_server.url, accounts))
 
     async def connected(r: Replica) -> bool:

@@ -28,6 +28,7 @@ from openai.types.chat import ChatCompletionChunk
 from proxy.core.dialects.anthropic_events import Event, encode
 from proxy.core.dialects.anthropic_stream import ChatToAnthropic
 from proxy.core.sse import Reframer
+from support.builders import chunk_object, sse_of, usage
 
 # One client each for the whole run: making one costs ~50 ms, and none opens a socket.
 _ANTHROPIC = anthropic.Anthropic(api_key="sk-ant-test", base_url="http://upstream.invalid")
@@ -71,36 +72,19 @@ def chat_chunks(body: bytes) -> list[ChatCompletionChunk]:
     return list(stream)
 
 
-def chat_sse(chunks: Iterable[Any], done: bool = True) -> bytes:
-    """Chat chunks as an upstream's SSE bytes."""
-    out = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    return out + (b"data: [DONE]\n\n" if done else b"")
+UPSTREAM_MODEL = "upstream-model"
 
 
 def chunk(
     delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """One chat.completion.chunk with one choice."""
-    choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "upstream-model",
-        "choices": [choice],
-        **extra,
-    }
+    """One chat.completion.chunk with one choice, from the upstream's model."""
+    return chunk_object(delta, finish, **{"model": UPSTREAM_MODEL, **extra})
 
 
 def usage_chunk(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    if cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": cached}
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage}
+    """The chunk that carries the usage (no choices)."""
+    return chunk(choices=[], usage=usage(prompt, completion, cached))
 
 
 def translate(
@@ -118,7 +102,7 @@ def translate(
 
 def stream_bytes(*chunks: Any, clean: bool = True, done: bool = True) -> bytes:
     """The Messages stream seamline writes for these chat chunks."""
-    return encode(translate([chat_sse(chunks, done)], clean=clean))
+    return encode(translate([sse_of(chunks, done)], clean=clean))
 
 
 # -- properties --------------------------------------------------------------------

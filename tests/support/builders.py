@@ -5,35 +5,75 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
 # -- what a chat upstream answers -----------------------------------------------------
 
 
-def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
-    """One chat.completion.chunk as compact JSON bytes."""
-    delta: dict[str, Any] = {}
-    if content is not None:
-        delta["content"] = content
-    obj = {
+DONE = b"data: [DONE]\n\n"
+
+
+def compact(obj: Any) -> bytes:
+    """``obj`` as compact JSON bytes, non-ASCII left as UTF-8."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event(payload: bytes) -> bytes:
+    """One SSE event carrying ``payload``: its data line and the blank line."""
+    return b"data: " + payload + b"\n\n"
+
+
+def chunk_object(
+    delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """One chat.completion.chunk with one choice; ``extra`` adds or replaces fields."""
+    return {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
         **extra,
     }
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    """One chat.completion.chunk carrying ``content``, as compact JSON bytes."""
+    return compact(chunk_object({} if content is None else {"content": content}, finish, **extra))
+
+
+def usage(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """A chat usage object; the cached prompt tokens in its details when there are some."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
+
+
+def usage_chunk(prompt: int, completion: int) -> bytes:
+    """The chunk after the finish that carries the usage (no choices)."""
+    return chunk(choices=[], usage=usage(prompt, completion))
 
 
 def sse_stream(*contents: str, done: bool = True) -> list[bytes]:
     """A well-formed chat stream: one event per content piece, a finish, [DONE]."""
-    out = [b"data: " + chunk(c) + b"\n\n" for c in contents]
-    out.append(b"data: " + chunk(finish="stop") + b"\n\n")
+    out = [event(chunk(c)) for c in contents]
+    out.append(event(chunk(finish="stop")))
     if done:
-        out.append(b"data: [DONE]\n\n")
+        out.append(DONE)
     return out
+
+
+def sse_of(chunks: Iterable[Any], done: bool = True) -> bytes:
+    """Chunk objects as a chat upstream writes them, then [DONE]."""
+    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+    return body + (DONE if done else b"")
 
 
 def completion(text: str, prompt: int = 3, completion_tokens: int = 2) -> bytes:
@@ -86,9 +126,13 @@ def account(name: str, url: str, **opts: Any) -> str:
     return "[[accounts]]\n" + toml(name=name, base_url=url, api_key=key_of(name), **opts)
 
 
-def conf(*accounts: str, routing: str = "", timeouts: str = "", state: str = ":memory:") -> str:
-    """A config: port 0, the admin key, these timeouts and routing, then the accounts."""
-    head = f"[server]\nport = 0\nadmin_key = {json.dumps(ADMIN_KEY)}\n"
+def conf(
+    *accounts: str, routing: str = "", timeouts: str = "", state: str = ":memory:", **server: Any
+) -> str:
+    """A config: ``[server]`` with port 0, the admin key, no drain grace and ``server``
+    (an option given None is left out), these timeouts and routing, then the accounts."""
+    defaults = {"port": 0, "admin_key": ADMIN_KEY, "drain_grace_s": 0}
+    head = "[server]\n" + toml(**{k: v for k, v in {**defaults, **server}.items() if v is not None})
     head += f"[timeouts]\n{timeouts}\n[routing]\n{routing}\n[state]\npath = {json.dumps(state)}\n"
     return head + "".join(accounts)
 
@@ -99,11 +143,7 @@ def config_text(*accounts: tuple[str, str], extra: str = "", server: str = "") -
     text = f"[server]\nport = 0\n{server}\n"
     if "[state]" not in extra:
         text += '[state]\npath = ":memory:"\n'
-    text += f"{extra}\n"
-    for name, url in accounts:
-        text += f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\n'
-        text += f'api_key = "{key_of(name)}"\n'
-    return text
+    return text + f"{extra}\n" + "".join(account(name, url) for name, url in accounts)
 
 
 def redis_config(url: str, accounts: str, routing: str = "round_robin") -> str:
@@ -121,10 +161,6 @@ url = "{url}"
 sync_s = 0.1
 {accounts}
 """
-
-
-def key_account(name: str, url: str, extra: str = "") -> str:
-    return f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\napi_key = "sk-{name}"\n{extra}\n'
 
 
 # -- HTTP answers, as the bytes on the wire -------------------------------------------
