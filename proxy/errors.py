@@ -6,6 +6,17 @@ import json
 from typing import Any
 
 
+def openai_error(
+    message: str,
+    error_type: str = "upstream_error",
+    code: str | int | None = None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    """The OpenAI error object, ``{"error": {...}}``: the one builder of it (every
+    answer, error event and wrapped upstream error of seamline's is made here)."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 class SeamlineError(Exception):
     """Root of every error seamline answers a client with."""
 
@@ -19,10 +30,7 @@ class SeamlineError(Exception):
         self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"message": self.message, "type": self.error_type}
-        err["param"] = None
-        err["code"] = self.code
-        return {"error": err}
+        return openai_error(self.message, self.error_type, self.code)
 
     def json_bytes(self) -> bytes:
         return json.dumps(self.body()).encode()

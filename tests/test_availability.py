@@ -122,10 +122,10 @@ async def test_a_route_the_upstream_does_not_serve_leaves_its_other_routes_alone
     base = await seamline(conf(account("A", a.url), account("B", b.url), routing=BREAK_FAST))
     async with aiohttp.ClientSession() as s:
         for i in range(4):
-            async with s.post(base + "/responses", json={"model": "m", "input": f"{i}"}) as r:
+            async with s.post(base + "/embeddings", json={"model": "m", "input": f"{i}"}) as r:
                 assert r.status == 500
     rows = await accounts(base)
-    assert rows["A"]["circuits_open"].keys() == {"responses"}
+    assert rows["A"]["circuits_open"].keys() == {"embeddings"}
     a.scripts.clear()
     b.scripts.clear()
     ok(a, "from A", False)

@@ -480,9 +480,7 @@ def test_serve_on_a_port_in_use_exits_1_without_traceback(
     assert "Traceback" not in server.stderr
 
 
-@pytest.mark.parametrize(
-    ("max_concurrent", "warned"), [(1000, True), (100, False), (None, False)]
-)
+@pytest.mark.parametrize(("max_concurrent", "warned"), [(1000, True), (100, False), (None, False)])
 def test_serve_raises_its_open_file_limit_and_warns_when_it_is_too_low(
     tmp_path: Path,
     start_server: Callable[[list[str]], Server],

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 from proxy.core.convert import Aggregator, completion_to_sse
-from proxy.core.shaper import DONE_EVENT, OpenAIShaper
+from proxy.core.openai import DONE_EVENT
+from proxy.core.shaper import OpenAIShaper
 from proxy.core.sse import Reframer
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}

@@ -36,7 +36,7 @@ from proxy.core.dialects.anthropic_tokens import (
     image_tokens,
     text_tokens,
 )
-from proxy.core.shaper import error_status
+from proxy.core.openai import error_status
 from proxy.core.sse import Reframer
 from support.anthropic_dialect import final_message
 from support.claude_code import CLAUDE_CODE

@@ -25,7 +25,7 @@ from proxy.core.dialects.responses import (
     ended_properly,
     response_to_completion,
 )
-from proxy.core.shaper import DONE_EVENT
+from proxy.core.openai import DONE_EVENT
 from proxy.core.sse import Reframer
 from support.responses_dialect import USAGE, Answer, answers, chunk, client, run, usage_chunk
 

@@ -31,7 +31,6 @@ from proxy import config as cfg
 from proxy.gateway import serving
 from proxy.gateway.app import Runner, create_app, drain, start, web_app
 from proxy.gateway.serving import MAX_FIELD
-from proxy.upstream.call import make_session
 from support.builders import LAST_CHUNK, chunk, chunks, config_text, event, sse_stream
 from support.upstream import Upstream
 
@@ -1223,7 +1222,6 @@ async def seamline_seen(url: str, server: str = "") -> AsyncIterator[tuple[Runne
     """seamline assembled as ``start`` does it, keeping every response aiohttp prepared."""
     conf = cfg.parse(config_text(("a", url), server=server), "test.toml", {})
     state = create_app(conf)
-    state.session = make_session()
     aio = web_app(state)
     seen: Seen = []
 

@@ -314,7 +314,7 @@ async def test_metrics_count_known_traffic_exactly(
     reply = await post(base)
     assert reply.body == b"".join(sse_stream("counted"))  # usage chunk not asked for: hidden
     streamed.append(reply.body)
-    for path in ("/embeddings", "/responses"):
+    for path in ("/embeddings", "/moderations"):
         assert (await fetch("POST", base + path, request_body(stream=False))).status == 200
     assert (await post(base, b"{not json")).status == 400
     assert len(bad.requests) == 1

@@ -8,14 +8,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.gateway.forward import ClientRequest, inspect_body, plan_request
-
-ROUTE = "chat/completions"
+from proxy.core.plan import ClientRequest, inspect_body, plan_request
 
 
 def planned(body: bytes, model: str | None = None, force_stream: bool = True) -> Any:
-    req = inspect_body(ROUTE, body)
-    return plan_request(ROUTE, req, model or req.model, force_stream)
+    req = inspect_body(body, needs_model=True)
+    return plan_request(req, True, model or req.model, force_stream)
 
 
 def test_the_usage_option_is_spliced_in_and_the_clients_bytes_stay_as_they_were() -> None:
@@ -77,7 +75,7 @@ def test_the_forced_stream_body_is_made_only_when_an_account_forces_streams() ->
 
 def test_an_empty_object_gets_no_stray_comma() -> None:
     req = ClientRequest(b"{ }", "m", True, {})
-    sent = plan_request(ROUTE, req, "m").bodies.send
+    sent = plan_request(req, True, "m").bodies.send
     assert sent == b'{"stream_options":{"include_usage":true} }'
     assert json.loads(sent) == {"stream_options": {"include_usage": True}}
 

@@ -33,7 +33,11 @@ PASSWORD = "pr0xy-s3cret-pw"
 
 
 async def get(
-    client: wire.Client, url: str, proxy: ProxyURL | None, method: str = "GET", body: bytes = b""
+    client: wire.ConnectionPool,
+    url: str,
+    proxy: ProxyURL | None,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> tuple[int, bytes]:
     resp = await client.request(method, url, {}, body, connect=5, head=5, total=0, proxy=proxy)
     try:
@@ -49,7 +53,7 @@ async def get(
 
 
 async def test_an_http_request_through_a_proxy_names_its_whole_url_and_the_proxys_credentials(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy()
     via = parse_proxy(proxy.url("me", PASSWORD))
@@ -66,7 +70,7 @@ async def test_an_http_request_through_a_proxy_names_its_whole_url_and_the_proxy
 
 
 async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy()
     await get(wire_client, "http://upstream.example/v1/x", parse_proxy(proxy.url()))
@@ -76,7 +80,7 @@ async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
 
 
 async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_pool(
-    raw_upstream: StartRawUpstream, scripted_proxy: StartScripted, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(answering(OK))
     proxy = await scripted_proxy()
@@ -100,7 +104,7 @@ async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_p
     ],
 )
 async def test_a_proxy_that_refuses_connect_is_unreachable_naming_only_its_host_and_port(
-    scripted_proxy: StartScripted, wire_client: wire.Client, refusal: bytes
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool, refusal: bytes
 ) -> None:
     proxy = await scripted_proxy(answer=refusal)
     via = parse_proxy(proxy.url("me", PASSWORD))
@@ -121,7 +125,7 @@ async def test_a_proxy_that_refuses_connect_is_unreachable_naming_only_its_host_
 
 
 async def test_a_407_to_a_forwarded_http_request_is_unreachable_not_an_answer(
-    scripted_proxy: StartScripted, wire_client: wire.Client
+    scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
     proxy = await scripted_proxy(
         forward=b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 6\r\n\r\ndenied"
@@ -130,7 +134,9 @@ async def test_a_407_to_a_forwarded_http_request_is_unreachable_not_an_answer(
         await get(wire_client, "http://upstream.example/v1/x", parse_proxy(proxy.url("me", "x")))
 
 
-async def test_a_proxy_that_is_down_is_unreachable_naming_it(wire_client: wire.Client) -> None:
+async def test_a_proxy_that_is_down_is_unreachable_naming_it(
+    wire_client: wire.ConnectionPool,
+) -> None:
     port = free_port()
     via = parse_proxy(f"http://me:{PASSWORD}@127.0.0.1:{port}")
     for url in ("http://upstream.example/v1/x", "https://upstream.example/v1/x"):
@@ -151,7 +157,7 @@ async def test_a_proxy_that_is_down_is_unreachable_naming_it(wire_client: wire.C
 )
 async def test_a_proxy_whose_connect_answer_is_not_sane_is_unreachable(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     answer: bytes,
     after: bytes,
     problem: str,
@@ -163,7 +169,7 @@ async def test_a_proxy_whose_connect_answer_is_not_sane_is_unreachable(
 
 async def test_https_goes_through_a_connect_tunnel_verified_by_name_without_proxy_credentials(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     tls_files: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -190,7 +196,7 @@ async def test_https_goes_through_a_connect_tunnel_verified_by_name_without_prox
 
 async def test_an_untrusted_upstream_certificate_is_refused_through_the_tunnel_too(
     scripted_proxy: StartScripted,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     tls_files: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

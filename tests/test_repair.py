@@ -18,16 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai._streaming import ServerSentEvent, SSEDecoder, Stream
 
-from proxy.core.shaper import (
-    DONE_EVENT,
-    PING_EVENTS,
-    OpenAIShaper,
-    bare_error,
-    data_block,
-    error_event,
-    error_status,
-    normalize_error,
-)
+from proxy.core.openai import DONE_EVENT, bare_error, error_event, error_status, normalize_error
+from proxy.core.shaper import PING_EVENTS, OpenAIShaper, data_block
 from proxy.core.sse import BOM, Comment, Event, Item, Reframer, Stray
 from support.builders import chunk, event, usage
 

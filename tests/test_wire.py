@@ -18,6 +18,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream import conn as wire_conn
+from proxy.upstream import response as wire_response
 from proxy.upstream import wire
 from support.builders import CHUNKED, LAST_CHUNK, OK, chunks, split
 from support.tls import tls_upstream
@@ -35,7 +36,7 @@ COMPRESS: dict[str, Callable[[bytes], bytes]] = {
 
 
 async def test_sequential_requests_share_one_kept_alive_connection(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(answering(OK))
     for _ in range(3):
@@ -46,7 +47,7 @@ async def test_sequential_requests_share_one_kept_alive_connection(
 
 
 async def test_concurrent_requests_each_get_a_connection_and_both_are_kept(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(answering(OK))
     for _ in range(2):
@@ -61,7 +62,7 @@ async def test_concurrent_requests_each_get_a_connection_and_both_are_kept(
     [("noticed while idle", "POST"), ("unnoticed until the next request", "GET")],
 )
 async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, when: str, method: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, when: str, method: str
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -89,7 +90,7 @@ async def test_pooled_connection_the_upstream_dropped_is_retried_on_a_new_one(
 
 
 async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pooled(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         # The first two: one answer, then dropped as the next request arrives.
@@ -108,7 +109,7 @@ async def test_a_retry_after_a_stale_connection_takes_a_new_one_not_another_pool
 
 
 async def test_client_close_closes_idle_connections(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(answering(OK))
     await fetch(wire_client, up.url())
@@ -121,7 +122,7 @@ async def test_idle_connection_is_closed_after_the_keepalive(
     raw_upstream: StartRawUpstream,
 ) -> None:
     up = await raw_upstream(answering(OK))
-    wire_client = wire.Client(keepalive=0.1)
+    wire_client = wire.ConnectionPool(keepalive=0.1)
     try:
         await fetch(wire_client, up.url())
         assert await up.peers[0].closed()
@@ -149,7 +150,7 @@ async def test_idle_connection_is_closed_after_the_keepalive(
     ],
 )
 async def test_connection_is_reused_only_when_the_answer_allows_it(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, response: bytes, reused: bool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, response: bytes, reused: bool
 ) -> None:
     up = await raw_upstream(answering(response))
     for _ in range(2):
@@ -161,7 +162,7 @@ async def test_connection_is_reused_only_when_the_answer_allows_it(
 
 
 async def test_answer_closed_before_its_end_is_not_reused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -179,7 +180,7 @@ async def test_answer_closed_before_its_end_is_not_reused(
 
 
 async def test_idle_connection_that_talks_is_not_reused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -197,7 +198,7 @@ async def test_idle_connection_that_talks_is_not_reused(
 
 
 async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -233,7 +234,10 @@ async def test_bytes_past_the_answer_in_the_same_read_close_the_connection(
     ],
 )
 async def test_body_is_read_whole(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, response: bytes, then_close: bool
+    raw_upstream: StartRawUpstream,
+    wire_client: wire.ConnectionPool,
+    response: bytes,
+    then_close: bool,
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -254,7 +258,7 @@ async def test_body_is_read_whole(
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 async def test_chunked_body_written_a_byte_at_a_time_arrives_intact(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, encoding: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, encoding: str
 ) -> None:
     data = b"".join(b'data: {"n": %d}\n\n' % i for i in range(8))
     sent = data if encoding == "identity" else gzip.compress(data)
@@ -276,7 +280,7 @@ async def test_chunked_body_written_a_byte_at_a_time_arrives_intact(
 
 
 async def test_headers_keep_every_value_and_the_media_type_is_plain(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(
         answering(
@@ -292,7 +296,7 @@ async def test_headers_keep_every_value_and_the_media_type_is_plain(
 
 @pytest.mark.parametrize("encoding", sorted(COMPRESS))
 async def test_compressed_body_is_inflated(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, encoding: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, encoding: str
 ) -> None:
     data = b"".join(b"data: event %d\n\n" % i for i in range(500))
     response = (
@@ -316,7 +320,7 @@ async def test_compressed_body_is_inflated(
 
 
 async def test_unknown_content_encoding_is_refused_by_name(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(
         answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc")
@@ -326,7 +330,7 @@ async def test_unknown_content_encoding_is_refused_by_name(
 
 
 async def test_corrupt_compressed_body_breaks_the_read(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(
         answering(
@@ -340,7 +344,7 @@ async def test_corrupt_compressed_body_breaks_the_read(
 
 
 async def test_interim_answers_are_skipped(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -363,7 +367,7 @@ async def test_interim_answers_are_skipped(
 
 
 async def test_head_answer_with_a_length_completes_without_a_body(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -379,7 +383,7 @@ async def test_head_answer_with_a_length_completes_without_a_body(
 
 @pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
 async def test_bodiless_status_completes_and_keeps_the_connection(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, status: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, status: bytes
 ) -> None:
     up = await raw_upstream(answering(b"HTTP/1.1 %s\r\n\r\n" % status))
     for _ in range(2):
@@ -393,7 +397,7 @@ async def test_bodiless_status_completes_and_keeps_the_connection(
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
 async def test_push_hands_over_every_piece_in_order_and_ends_true(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, encoding: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, encoding: str
 ) -> None:
     pieces = [b"data: %d\n\n" % i for i in range(20)]
     data = b"".join(pieces)
@@ -427,7 +431,7 @@ async def test_push_hands_over_every_piece_in_order_and_ends_true(
 
 
 async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     go, rest = asyncio.Event(), asyncio.Event()
 
@@ -461,9 +465,11 @@ async def test_stopped_push_keeps_the_connection_when_the_body_ends_soon(
 
 
 async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    raw_upstream: StartRawUpstream,
+    wire_client: wire.ConnectionPool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(wire_conn, "_GRACE", 0.1)
+    monkeypatch.setattr(wire_response, "_GRACE", 0.1)
     go = asyncio.Event()
 
     async def handler(peer: Peer) -> None:
@@ -486,7 +492,7 @@ async def test_stopped_push_closes_the_connection_when_the_body_does_not_end(
 
 
 async def test_interrupt_ends_the_push_with_the_readers_error(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     go = asyncio.Event()
 
@@ -517,7 +523,7 @@ async def test_interrupt_ends_the_push_with_the_readers_error(
 
 
 async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     data = random.Random(7).randbytes(4 * 1024 * 1024)
 
@@ -537,14 +543,14 @@ async def test_pulled_body_is_paced_by_a_slow_reader_and_arrives_whole(
     resp.close()
     assert b"".join(parts) == data
     # Reading stops past the high-water mark: at most one socket read more comes in.
-    assert max(map(len, parts)) <= wire_conn._HIGH_WATER + 256 * 1024
+    assert max(map(len, parts)) <= wire_response._HIGH_WATER + 256 * 1024
 
 
 # -- failures -------------------------------------------------------------------------
 
 
 async def test_response_head_over_64_kib_is_refused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     big = b"a" * (wire_conn._MAX_HEAD + 1)
     up = await raw_upstream(
@@ -555,7 +561,7 @@ async def test_response_head_over_64_kib_is_refused(
 
 
 async def test_many_headers_over_64_kib_are_refused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     fields = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(700))
     up = await raw_upstream(answering(b"HTTP/1.1 200 OK\r\n%s\r\n" % fields))
@@ -564,7 +570,7 @@ async def test_many_headers_over_64_kib_are_refused(
 
 
 async def test_response_head_that_grows_past_64_kib_without_ending_is_refused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -585,7 +591,7 @@ async def test_response_head_that_grows_past_64_kib_without_ending_is_refused(
     ],
 )
 async def test_garbage_instead_of_http_is_a_protocol_error(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, response: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, response: bytes
 ) -> None:
     up = await raw_upstream(answering(response))
     with pytest.raises(UpstreamProtocolError, match="invalid response"):
@@ -594,7 +600,7 @@ async def test_garbage_instead_of_http_is_a_protocol_error(
 
 @pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\nContent-Le"])
 async def test_upstream_closing_before_the_headers_is_a_protocol_error(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, sent: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, sent: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -615,7 +621,7 @@ async def test_upstream_closing_before_the_headers_is_a_protocol_error(
     ],
 )
 async def test_upstream_closing_mid_body_breaks_the_read(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, response: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, response: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -632,7 +638,7 @@ async def test_upstream_closing_mid_body_breaks_the_read(
     assert got == [b"hello"]
 
 
-async def test_refused_connection_is_unreachable(wire_client: wire.Client) -> None:
+async def test_refused_connection_is_unreachable(wire_client: wire.ConnectionPool) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connecting is refused
         port = sock.getsockname()[1]
@@ -640,13 +646,13 @@ async def test_refused_connection_is_unreachable(wire_client: wire.Client) -> No
             await call(wire_client, f"http://127.0.0.1:{port}/v1/x")
 
 
-async def test_url_that_is_not_http_is_unreachable(wire_client: wire.Client) -> None:
+async def test_url_that_is_not_http_is_unreachable(wire_client: wire.ConnectionPool) -> None:
     with pytest.raises(UpstreamUnreachable, match="not http"):
         await call(wire_client, "ftp://127.0.0.1/v1/x")
 
 
 async def test_no_headers_in_time_is_a_timeout_and_closes_the_connection(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -659,7 +665,7 @@ async def test_no_headers_in_time_is_a_timeout_and_closes_the_connection(
 
 
 async def test_body_longer_than_the_total_is_a_timeout(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -676,7 +682,7 @@ async def test_body_longer_than_the_total_is_a_timeout(
 
 
 async def test_total_deadline_holds_while_waiting_for_the_headers(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -690,7 +696,7 @@ async def test_total_deadline_holds_while_waiting_for_the_headers(
 
 
 async def test_cancelled_request_closes_its_connection(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     asked = asyncio.Event()
 
@@ -716,7 +722,7 @@ async def test_cancelled_request_closes_its_connection(
     [{"X-A": "1\r\nX-Injected: 1"}, {"X-A": "1\nX-B: 2"}, {"X-A\r\nX-B": "1"}],
 )
 async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, headers: dict[str, str]
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, headers: dict[str, str]
 ) -> None:
     up = await raw_upstream(answering(OK))
     with pytest.raises(UpstreamError, match="line break"):
@@ -727,7 +733,7 @@ async def test_header_with_a_line_break_is_refused_before_anything_is_sent(
 
 
 async def test_request_bytes_are_exactly_what_was_asked(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(answering(OK))
     headers = {"Authorization": "Bearer sk-1", "Content-Type": "application/json"}
@@ -746,7 +752,7 @@ async def test_request_bytes_are_exactly_what_was_asked(
 
 
 async def test_host_header_of_an_ipv6_upstream_is_bracketed(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     try:
         up = await raw_upstream(answering(OK), "::1")
@@ -761,7 +767,7 @@ async def test_host_header_of_an_ipv6_upstream_is_bracketed(
 
 
 async def test_an_https_upstream_is_verified_by_name_and_answers(
-    tls_files: tuple[str, str], wire_client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    tls_files: tuple[str, str], wire_client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # what the default context trusts
@@ -779,7 +785,7 @@ async def test_an_https_upstream_is_verified_by_name_and_answers(
 
 
 async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
-    tls_files: tuple[str, str], wire_client: wire.Client, monkeypatch: pytest.MonkeyPatch
+    tls_files: tuple[str, str], wire_client: wire.ConnectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = tls_files
     monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
@@ -794,7 +800,7 @@ async def test_an_https_upstream_with_an_untrusted_certificate_is_refused(
 
 
 async def test_a_host_name_is_looked_up_once_for_concurrent_new_connections(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await answer(peer, OK)

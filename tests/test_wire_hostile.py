@@ -12,6 +12,7 @@ import pytest
 
 from proxy.errors import UpstreamProtocolError
 from proxy.upstream import conn as wire_conn
+from proxy.upstream import response as wire_response
 from proxy.upstream import wire
 from support.builders import CHUNKED, LAST_CHUNK, OK, STALE, bomb, chunks, large
 from support.hostile_upstreams import CASES, AiohttpDriver, Case, SeamlineDriver, run
@@ -47,7 +48,7 @@ async def test_aiohttp_against_the_same_corpus_does_what_was_recorded(case: Case
 
 
 async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_request(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     # A pulled answer that ends in the read that pauses the socket: before, its
     # connection was pooled with reading paused, and the unasked bytes became the next
@@ -75,7 +76,7 @@ async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_requ
 
 
 async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await answer(peer, OK)
@@ -106,7 +107,11 @@ async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reuse
 )
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, prefix: bytes, unit: bytes, mode: str
+    raw_upstream: StartRawUpstream,
+    wire_client: wire.ConnectionPool,
+    prefix: bytes,
+    unit: bytes,
+    mode: str,
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -141,7 +146,7 @@ async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
 
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refused(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, mode: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, mode: str
 ) -> None:
     # 15 times the bound in chunk framing, sent in pieces cut at random, so that some
     # reads hold framing only: each body piece starts the count again.
@@ -187,7 +192,7 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
     ],
 )
 async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client, interim: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, interim: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -201,7 +206,7 @@ async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer
 
 
 async def test_a_1xx_answer_with_an_empty_length_is_skipped(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await raw_upstream(
         lambda peer: answer(peer, b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n" + OK)
@@ -211,7 +216,7 @@ async def test_a_1xx_answer_with_an_empty_length_is_skipped(
 
 
 async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
@@ -257,7 +262,7 @@ async def _answer_then_read_and_close(peer: Peer) -> None:
 )
 async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable(
     raw_upstream: StartRawUpstream,
-    wire_client: wire.Client,
+    wire_client: wire.ConnectionPool,
     method: str,
     headers: dict[str, str],
     copies: int,
@@ -277,7 +282,7 @@ async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable
 
 
 async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_new_one(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -325,7 +330,7 @@ async def _serve_bomb(
 
 
 async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     up = await _serve_bomb(raw_upstream)
     resp = await call(wire_client, up.url())
@@ -340,7 +345,7 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
     resp.close()
     assert size == 64 * 1024 * 1024
     # Inflated until past the high-water mark, a step at a time: never 64 MiB at once.
-    assert largest <= wire_conn._HIGH_WATER + wire_conn._INFLATE_STEP
+    assert largest <= wire_response._HIGH_WATER + wire_response._INFLATE_STEP
     # The body ended (all of it in) while most of it was still to inflate: its
     # connection went back to the pool at once, and serves the next request.
     _, body = await fetch(wire_client, up.url())
@@ -349,7 +354,7 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
 
 
 async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_it(
-    raw_upstream: StartRawUpstream, wire_client: wire.Client
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     go = asyncio.Event()
     up = await _serve_bomb(raw_upstream, go)
@@ -371,6 +376,6 @@ async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_
             assert len(got) <= n + 1
             await asyncio.sleep(0)
     assert done.result() is True
-    assert max(got) <= wire_conn._INFLATE_STEP
+    assert max(got) <= wire_response._INFLATE_STEP
     assert sum(got) == 64 * 1024 * 1024
     resp.close()

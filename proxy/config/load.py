@@ -19,6 +19,7 @@ from .model import (
     Config,
     ConfigError,
     Kind,
+    ResponsesConfig,
     RoutingConfig,
     ServerConfig,
     StateConfig,
@@ -271,6 +272,18 @@ def _state(r: Reader, config_path: str) -> StateConfig:
     return StateConfig(backend, path, url, prefix, timeout, sync)
 
 
+def _responses(r: Reader) -> ResponsesConfig:
+    d = ResponsesConfig()
+    out = ResponsesConfig(
+        ttl_s=_positive(r, "ttl_s", r.get("ttl_s", float, d.ttl_s)),
+        max_bytes=_count(r, "max_bytes", d.max_bytes),
+        max_record_bytes=_count(r, "max_record_bytes", d.max_record_bytes),
+    )
+    r.check("ttl_s", out.ttl_s > 0, "must be positive")
+    r.done()
+    return out
+
+
 def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
     """Parse and validate config text; raises ConfigError with a one-line message."""
     env = os.environ if env is None else env
@@ -288,6 +301,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
     routing = _routing(root.sub("routing"))
     aliases = _aliases(root.sub("models"))
     state = _state(root.sub("state"), path)
+    responses = _responses(root.sub("responses"))
     raw_accounts = root.table.pop("accounts", [])
     if not isinstance(raw_accounts, list):
         raise root.fail("accounts", "expected an array of tables ([[accounts]])")
@@ -310,6 +324,7 @@ def parse(text: str, path: str = "<config>", env: Mapping[str, str] | None = Non
         routing=routing,
         aliases=aliases,
         state=state,
+        responses=responses,
         env_proxies=env_proxies,
     )
 

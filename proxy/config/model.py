@@ -109,6 +109,15 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesConfig:
+    """Stored responses (``store: true`` on /v1/responses), in the state backend."""
+
+    ttl_s: float = 30 * 86400.0  # how long a stored response is kept (OpenAI: 30 days)
+    max_bytes: int = 256 * 1024 * 1024  # all stored responses (SQLite, memory); oldest go
+    max_record_bytes: int = 16 * 1024 * 1024  # one conversation; a larger one is not kept
+
+
+@dataclass(frozen=True, slots=True)
 class StateConfig:
     """Where pool state lives: SQLite for one process, Redis for several replicas."""
 
@@ -129,6 +138,7 @@ class Config:
     routing: RoutingConfig = RoutingConfig()
     aliases: Mapping[str, str] = field(default_factory=dict)
     state: StateConfig = StateConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     env_proxies: EnvProxies = field(default_factory=EnvProxies)  # HTTPS_PROXY and friends
 
     @property

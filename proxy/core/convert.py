@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.core.shaper import DONE_EVENT, data_block
+from proxy.core.openai import DONE_EVENT
+from proxy.core.shaper import data_block
 
 
 def _dumps(obj: Any) -> bytes:

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.errors import UpstreamError
-from proxy.gateway import serving
+from proxy.gateway import responses, routes, serving
 from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
 from proxy.gateway.gate import Gate
@@ -33,7 +33,6 @@ from proxy.gateway.runtime import (
     warn_readable_secrets,
 )
 from proxy.logs import debug_streaming_enabled, get_logger, redactor
-from proxy.upstream import call as up
 
 __all__ = ["App", "Runner", "create_app", "drain", "start"]
 
@@ -56,16 +55,19 @@ def proxy(request: Request) -> Awaitable[Reply]:
     rt = app.runtime
     check_client(request, rt.router.config.server.api_keys)
     app.gate.rate(client_key(request))
-    assert app.session is not None
-    return forward(
-        request,
-        rt.router,
-        app.session,
-        rt.client,
-        request.outcome,
-        debug_streaming_enabled(),
-        rt.streams,
-    )
+    return forward(request, rt.router, request.outcome, debug_streaming_enabled(), rt.streams)
+
+
+def client_route(handler: Handler) -> Handler:
+    """``handler`` behind the client checks every /v1 route makes: its key, its rate."""
+
+    def checked(request: Request) -> Awaitable[Reply]:
+        app = request.app
+        check_client(request, app.runtime.router.config.server.api_keys)
+        app.gate.rate(client_key(request))
+        return handler(request)
+
+    return checked
 
 
 async def _expect_later(request: web.Request) -> None:
@@ -73,15 +75,22 @@ async def _expect_later(request: web.Request) -> None:
     (``Request.read``), once the request passed auth and limits; not here."""
 
 
-# Every route: (path, methods, handler). HEAD as well as GET where load balancers probe.
+# Every route's handler, by the route table's entries (routes.py says the rest).
 # [\s\S], not ".": a path decoded to hold a line end must still reach the dispatch
 # (which refuses it in OpenAI's format), not aiohttp's plain-text 404.
 _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
+    (routes.RESPONSES.label, routes.RESPONSES.methods, client_route(responses.create)),
+    (routes.STORED_RESPONSE.label, routes.STORED_RESPONSE.methods, client_route(responses.stored)),
     (r"/v1/{tail:[\s\S]+}", ("GET", "POST"), proxy),
-    ("/healthz", ("GET", "HEAD"), healthz),
-    ("/readyz", ("GET", "HEAD"), readyz),
-    ("/metrics", ("GET",), metrics),
-    ("/admin/accounts", ("GET",), admin_accounts),
+    *(
+        (route.label, route.methods, handler)
+        for route, handler in (
+            (routes.HEALTHZ, healthz),
+            (routes.READYZ, readyz),
+            (routes.METRICS, metrics),
+            (routes.ADMIN_ACCOUNTS, admin_accounts),
+        )
+    ),
 )
 
 
@@ -126,9 +135,9 @@ class Runner:
         await self.runner.cleanup()
         rt = self.app.runtime
         await rt.persister.stop()
-        rt.client.close()
-        if self.app.session is not None:
-            await self.app.session.close()
+        await rt.conversations.close()
+        rt.connections.close()
+        await rt.router.token_http.close()
 
 
 def create_app(config: Config) -> App:
@@ -159,7 +168,6 @@ def web_app(app: App) -> web.Application:
 async def start(config: Config, host: str | None = None, port: int | None = None) -> Runner:
     """Start serving; the runner's ``addresses`` tell where. Used by the CLI and tests."""
     app = create_app(config)
-    app.session = up.make_session()
     rt = app.runtime
     aio = serving.runner(web_app(app), config.server.keepalive_s, shutdown_timeout=2.0)
     runner = Runner(app, aio)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from proxy.gateway.gate import Gate
@@ -19,7 +18,6 @@ class App:
     runtime: Runtime
     gate: Gate
     metrics: Metrics
-    session: aiohttp.ClientSession | None = None  # OAuth token calls only
 
 
 APP: web.AppKey[App] = web.AppKey("app")

@@ -2,238 +2,75 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
-from typing import Any
-
-import aiohttp
-from multidict import CIMultiDict
-
-from proxy.core.convert import completion_to_sse
-from proxy.core.shaper import (
-    JSON_SPACE,
-    OpenAIShaper,
-    error_json,
-    error_status,
-    normalize_error,
-    usage_from,
-)
-from proxy.core.sse import looks_like_sse
-from proxy.errors import InvalidJSON, MissingModel, UpstreamError
+from proxy.core.openai import normalize_error
+from proxy.core.plan import ClientRequest, inspect_body, plan_request
+from proxy.gateway.answer import make_answer
+from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
+from proxy.gateway.context import Call
 from proxy.gateway.outcome import Outcome
-from proxy.gateway.relay import (
-    SSE_HEADERS,
-    EarlyError,
-    collect_stream,
-    first_read,
-    relay_stream,
-)
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
-from proxy.gateway.routing import Bodies, FailedAnswer, Router, UpstreamAnswer
-from proxy.logs import get_logger, mask, redactor
-from proxy.upstream.call import header_filter, read_body, response_headers
-from proxy.upstream.wire import Client, Response
+from proxy.gateway.routes import api_route
+from proxy.gateway.routing import Router
+from proxy.logs import get_logger, redactor
+from proxy.upstream.wire import Response
 
 log = get_logger("seamline")
 
-# Routes whose streams are chat/text completions: OpenAI profile with ending checks.
-COMPLETION_ROUTES = frozenset({"chat/completions", "completions"})
-_MODEL_ROUTES = frozenset({"chat/completions", "completions", "embeddings"})
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """What seamline needs to know about the client's request body."""
-
-    body: bytes
-    model: str | None = None
-    stream: bool = False
-    obj: dict[str, Any] | None = None
-
-
-def inspect_body(route: str, body: bytes) -> ClientRequest:
-    """Parse the body enough to route it; model routes must carry a JSON ``model``."""
-    try:
-        obj = json.loads(body) if body else None
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: nesting deeper than the parser's stack, as invalid as bad syntax.
-        if route in _MODEL_ROUTES:
-            raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
-        return ClientRequest(body)
-    if not isinstance(obj, dict):
-        if route in _MODEL_ROUTES:
-            raise InvalidJSON("request body must be a JSON object")
-        return ClientRequest(body)
-    model = obj.get("model")
-    if route in _MODEL_ROUTES and (not isinstance(model, str) or not model):
-        raise MissingModel("you must provide a model parameter")
-    return ClientRequest(
-        body, model if isinstance(model, str) else None, obj.get("stream") is True, obj
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How this request goes upstream and what the client must get back."""
-
-    bodies: Bodies
-    strip_usage: bool  # seamline asked for the usage chunk; the client did not
-    client_usage: bool  # the client asked for the usage chunk
-
-
-def plan_request(
-    route: str, req: ClientRequest, upstream_model: str | None, force_stream: bool = True
-) -> Plan:
-    """The bodies to send upstream.
-
-    The client's bytes go upstream untouched unless a model alias applies, the usage
-    chunk has to be asked for (so that every stream can be accounted), or an account
-    with ``force_stream`` needs a streaming body for a non-streaming client (made only
-    when ``force_stream``: some account has it).
-    """
-    obj = req.obj
-    fingerprint = hash(req.body)
-    if obj is None or route not in COMPLETION_ROUTES:
-        return Plan(Bodies(req.body, fingerprint=fingerprint), False, False)
-    base: dict[str, Any] = {}
-    if upstream_model is not None and upstream_model != req.model:
-        base["model"] = upstream_model
-    options = obj.get("stream_options")
-    options = options if isinstance(options, dict) else {}
-    client_usage = req.stream and options.get("include_usage") is True
-    with_usage = {"stream_options": {**options, "include_usage": True}}
-    if req.stream:
-        if client_usage:
-            bodies = Bodies(_rewrite(req.body, obj, base), fingerprint=fingerprint)
-        else:
-            send = _rewrite(req.body, obj, {**base, **with_usage})
-            bodies = Bodies(send, _rewrite(req.body, obj, base), fingerprint=fingerprint)
-        return Plan(bodies, not client_usage, client_usage)
-    forced = forced_plain = None
-    if force_stream:
-        forced = _rewrite(req.body, obj, {**base, "stream": True, **with_usage})
-        forced_plain = _rewrite(req.body, obj, {**base, "stream": True})
-    bodies = Bodies(_rewrite(req.body, obj, base), None, forced, forced_plain, fingerprint)
-    return Plan(bodies, False, False)
-
-
-@dataclass(slots=True)
-class Retry:
-    """What another account needs to take the request after one failed it before the
-    first byte: the bodies are dropped once an answer is under way."""
-
-    model: str | None
-    tried: list[str]
-    bodies: Bodies | None
-
-    def started(self) -> None:
-        self.bodies = None
-
-
-@dataclass(frozen=True, slots=True)
-class Wants:
-    """What the client's answer must look like, once the request has gone upstream."""
-
-    stream: bool
-    strip_usage: bool
-    client_usage: bool
-
-
-def _rewrite(body: bytes, obj: dict[str, Any], changes: dict[str, Any]) -> bytes:
-    """``body`` (whose parse is ``obj``) with ``changes`` to its top-level fields.
-
-    New fields are spliced in after the opening brace, so the client's own bytes go on
-    as they were (and a long conversation is not serialized again); only replacing a
-    field the client sent, or a body that is not plain UTF-8, takes a re-serialization.
-    """
-    if not changes:
-        return body
-    stripped = body.lstrip(JSON_SPACE)
-    if stripped.startswith(b"{") and not any(k in obj for k in changes):
-        at = len(body) - len(stripped) + 1
-        fields = json.dumps(changes, ensure_ascii=False, separators=(",", ":")).encode()[1:-1]
-        rest = body[at:]
-        comma = b"" if rest.lstrip(JSON_SPACE).startswith(b"}") else b","
-        return body[:at] + fields + comma + rest
-    return json.dumps({**obj, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
-
 
 async def forward(
-    request: Request,
-    router: Router,
-    session: aiohttp.ClientSession,
-    client: Client,
-    outcome: Outcome,
-    trace: bool,
-    streams: set[Response],
+    request: Request, router: Router, outcome: Outcome, trace: bool, streams: set[Response]
 ) -> Reply:
     """Forward one /v1 request to an upstream account and relay its answer."""
     config = router.config
-    tail = request.path[4:]  # after "/v1/"
+    route = api_route(request.path[4:])  # after "/v1/", decoded
     raw = await request.read(config.server.max_body_bytes)
-    req = inspect_body(tail, raw) if request.method == "POST" else ClientRequest(raw)
+    req = inspect_body(raw, route.needs_model) if request.method == "POST" else ClientRequest(raw)
     outcome.model, outcome.stream = req.model, req.stream
     model = router.model_for(req.model)
-    plan = plan_request(tail, req, model, any(a.force_stream for a in config.accounts))
-    wants = Wants(req.stream, plan.strip_usage, plan.client_usage)
-    retry = Retry(model, [], plan.bodies)
-    tracer = log.bind(request_id=outcome.request_id) if trace else None
+    force = any(a.force_stream for a in config.accounts)
+    plan = plan_request(req, route.completion, model, force)
+    call = Call(
+        request.method,
+        request.raw_path.removeprefix("/v1/"),
+        request.query_string,
+        request.headers,
+        route,
+        outcome,
+        model,
+        plan.wants(req.stream),
+        plan.bodies,
+        log.bind(request_id=outcome.request_id) if trace else None,
+    )
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
-    # (``retry`` lets go of it once the first byte has gone to the client).
+    # (``call`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
     while True:
-        assert retry.bodies is not None
-        answer = await router.open(
-            session,
-            client,
-            request.method,
-            # The path and query go upstream as the client encoded them: decoded, an
-            # encoded '?' or '/' would change what the upstream is asked for.
-            request.raw_path.removeprefix("/v1/"),
-            request.query_string,
-            request.headers,
-            retry.bodies,
-            model,
-            outcome,
-            tried=retry.tried,
-            tracer=tracer,
-        )
+        answer = await router.open(call)
         if isinstance(answer, FailedAnswer):
-            return _failed(answer, outcome)
+            return failed_reply(answer, outcome)
         streams.add(answer.response)
         try:
-            result = await _relay(request, router, answer, outcome, tail, wants, tracer, retry)
+            result = await _relay(request, router, answer, call)
         finally:
             streams.discard(answer.response)
         if result is not None:
             return result
 
 
-def _failed(answer: FailedAnswer, outcome: Outcome) -> Reply:
+def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
+    """An upstream's error answer as the client gets it."""
     headers = answer.headers
     headers["X-Request-ID"] = outcome.request_id
     headers["Content-Type"] = "application/json"
     # Some upstreams echo the key they were sent; it must not reach the client.
     data = normalize_error(redactor.scrub_known(answer.body))
-    outcome.status = answer.status
-    outcome.first_byte = time.monotonic()
-    outcome.bytes_out = len(data)
+    outcome.answered(answer.status, len(data))
     return Reply(answer.status, data, headers)
 
 
 async def _relay(
-    request: Request,
-    router: Router,
-    answer: UpstreamAnswer,
-    outcome: Outcome,
-    tail: str,
-    wants: Wants,
-    tracer: Any,
-    retry: Retry,
+    request: Request, router: Router, answer: UpstreamAnswer, call: Call
 ) -> Reply | None:
     """The client's answer from this upstream response; None when it failed before
     anything reached the client and another account should take the request."""
@@ -241,212 +78,15 @@ async def _relay(
     early: tuple[int, bytes] | None = None
     completed = False
     try:
-        result, usage, early = await _answer(
-            request, router, answer, outcome, tail, wants, tracer, retry.started
-        )
+        result, usage, early = await make_answer(request, router.config, answer, call)
         completed = True
     finally:
         if early is None:
-            router.finish(answer, outcome, usage, completed)
+            router.finish(answer, call.outcome, usage, completed)
     if early is None:
         return result
-    failover = router.early_error(answer, early[0], early[1], outcome)
-    if failover and router.may_retry(retry.model, retry.tried, tail):
-        outcome.error = None
+    failover = router.early_error(answer, early[0], early[1], call.outcome)
+    if failover and router.may_retry(call):
+        call.outcome.error = None
         return None
     return result
-
-
-async def _answer(
-    request: Request,
-    router: Router,
-    answer: UpstreamAnswer,
-    outcome: Outcome,
-    tail: str,
-    wants: Wants,
-    tracer: Any,
-    started: Callable[[], None],
-) -> tuple[Reply, tuple[int, int] | None, tuple[int, bytes] | None]:
-    """The response, the usage it carried, and (status, error) when the upstream failed
-    before anything reached the client."""
-    config = router.config
-    resp = answer.response
-    secrets = answer.secrets
-    timeouts = config.timeouts_for(answer.account)
-    limit = config.server.max_event_bytes * 8
-    allowed = header_filter(config.server.forward_response_headers)
-    headers = response_headers(resp.headers, resp.status, allowed)
-    headers["X-Request-ID"] = outcome.request_id
-    completions = tail in COMPLETION_ROUTES
-    sse = resp.content_type == "text/event-stream"
-    first = b""
-    if completions and not sse and resp.status < 400:
-        # Some upstreams label their answer wrongly (an event stream as text/plain or
-        # JSON, JSON as text): the first bytes tell what it is.
-        first = await first_read(resp, timeouts)
-        sse = looks_like_sse(first)
-        if sse or (
-            first.lstrip(JSON_SPACE).startswith(b"{") and resp.content_type != "application/json"
-        ):
-            _note_repair(outcome, tracer, "content_type_corrected")
-            headers["Content-Type"] = "text/event-stream" if sse else "application/json"
-    if sse:
-        if completions and not wants.stream:
-            # A stream for a client that asked for one JSON answer.
-            collector = OpenAIShaper(trace=_tracer(tracer))
-            agg, error = await collect_stream(
-                resp, timeouts, config.server.max_event_bytes, limit, collector, first
-            )
-            outcome.repairs.update(collector.repairs)
-            usage = usage_from(agg.usage)
-            if error is not None:
-                # Nothing of it reached the client: another account may still answer.
-                outcome.error = _error_message(error)
-                status = error_status(error)
-                return _json(outcome, headers, status, error, secrets), usage, (status, error)
-            _note_repair(outcome, tracer, "stream_aggregated")
-            return _json(outcome, headers, resp.status, _dumps(agg.result()), secrets), usage, None
-        outcome.stream = True
-        shaper = OpenAIShaper(
-            keep_event_names=not completions,
-            check_endings=completions,
-            strip_usage=wants.strip_usage,
-            trace=_tracer(tracer),
-        )
-        relaying = relay_stream(
-            request,
-            resp,
-            headers,
-            shaper,
-            outcome,
-            timeouts=timeouts,
-            max_event_bytes=config.server.max_event_bytes,
-            heartbeat=config.server.heartbeat_s,
-            log=tracer,
-            on_start=started,
-            first=first,
-            secrets=answer.secrets,
-        )
-        # The stream keeps its headers only until they are sent; this frame, which
-        # lives as long as the stream, lets go of them now.
-        del headers
-        try:
-            streamed = await relaying
-        finally:
-            if shaper.errored and outcome.error is None:
-                outcome.error = _error_message(shaper.error_payload)
-        if isinstance(streamed, EarlyError):
-            return streamed, shaper.usage, (streamed.status, streamed.payload)
-        return streamed, shaper.usage, None
-    try:
-        data = await read_body(resp, limit, timeouts, first)
-    except UpstreamError as exc:
-        outcome.error = exc.message
-        raise
-    obj = _object(data)
-    usage = usage_from(obj.get("usage")) if obj is not None else None
-    if completions and resp.status < 400 and _no_completion(obj, wants.stream):
-        # Neither a stream nor a completion (an empty body, a gateway's HTML page): an
-        # empty answer must not pass for a complete one. Nothing reached the client, so
-        # another account may still answer.
-        preview = redactor.scrub_known(data[:200]).decode("utf-8", "replace")
-        message = f"upstream answered {resp.status} with no completion in its body: {preview!r}"
-        outcome.error = message
-        error = error_json(message, code="upstream_bad_response")
-        return _json(outcome, headers, 502, error, secrets), usage, (502, error)
-    if completions and wants.stream and resp.status < 400:
-        assert obj is not None
-        chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer, secrets)
-        return chunks, usage, None
-    return _json(outcome, headers, resp.status, data, secrets), usage, None
-
-
-def _no_completion(obj: dict[str, Any] | None, stream: bool) -> bool:
-    """A 2xx body that holds no answer: not a JSON object at all, or, for a client that
-    wants a stream, an object that is neither a completion nor an error."""
-    if obj is None:
-        return True
-    return stream and not obj.get("error") and not isinstance(obj.get("choices"), list)
-
-
-def _object(data: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None (not JSON, or not an object)."""
-    if not data.lstrip(JSON_SPACE).startswith(b"{"):
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _json_to_stream(
-    outcome: Outcome,
-    headers: CIMultiDict[str],
-    status: int,
-    data: bytes,
-    obj: dict[str, Any],
-    wants: Wants,
-    tracer: Any,
-    secrets: tuple[bytes, ...],
-) -> Reply:
-    """A streaming client answered with a JSON object: a completion becomes its chunk
-    stream, an error object an HTTP error (nothing was streamed yet)."""
-    if obj.get("error"):
-        payload = normalize_error(data)
-        return _json(outcome, headers, error_status(payload), payload, secrets)
-    _note_repair(outcome, tracer, "json_to_stream")
-    outcome.stream = True
-    body = mask(completion_to_sse(obj, include_usage=wants.client_usage), secrets)
-    outcome.status = status
-    outcome.first_byte = time.monotonic()
-    outcome.bytes_out = len(body)
-    headers.update(SSE_HEADERS)
-    return Reply(status, body, headers)
-
-
-def _json(
-    outcome: Outcome,
-    headers: CIMultiDict[str],
-    status: int,
-    data: bytes,
-    secrets: tuple[bytes, ...] = (),
-) -> Reply:
-    data = mask(data, secrets)
-    outcome.status = status
-    outcome.first_byte = time.monotonic()
-    outcome.bytes_out = len(data)
-    if status >= 400:
-        data = normalize_error(redactor.scrub_known(data))
-        headers["Content-Type"] = "application/json"
-    elif "Content-Type" not in headers:
-        headers["Content-Type"] = "application/json"
-    if headers.get("Content-Type", "").startswith("text/event-stream"):
-        headers["Content-Type"] = "application/json"
-    return Reply(status, data, headers)
-
-
-def _error_message(payload: bytes | None) -> str:
-    try:
-        message = json.loads(payload or b"{}")["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return "the stream ended with an error event"
-    return str(message)
-
-
-def _note_repair(outcome: Outcome, tracer: Any, kind: str) -> None:
-    outcome.repairs[kind] = outcome.repairs.get(kind, 0) + 1
-    if tracer is not None:
-        _trace_repair(tracer, kind)
-
-
-def _trace_repair(tracer: Any, kind: str) -> None:
-    tracer.debug("repair", kind=kind)
-
-
-def _tracer(tracer: Any) -> Callable[[str], None] | None:
-    return None if tracer is None else partial(_trace_repair, tracer)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -21,17 +21,13 @@ from proxy.gateway.appstate import APP
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Handler, Request
+from proxy.gateway.routes import route_of
 from proxy.logs import get_logger
 
 log = get_logger("seamline")
 access_log = get_logger("seamline.request")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_KNOWN_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
-)
-
-_QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 _DOT_SEGMENTS = frozenset({".", ".."})
 # In an API path as the client sent it: a backslash or a ';' (path parameters), raw or
 # encoded, or a double encoding (``%252e`` is ``%2e`` once decoded, a dot to a server
@@ -62,13 +58,6 @@ def error_response(err: SeamlineError, request_id: str | None = None) -> Reply:
     if err.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
     return Reply(err.status, err.json_bytes(), headers, "application/json")
-
-
-def route_label(path: str) -> str:
-    """The route as a metrics label: known paths as they are, the rest grouped."""
-    if path in _KNOWN_ROUTES:
-        return path
-    return "/v1/other" if path.startswith("/v1/") else "other"
 
 
 async def dispatch(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -138,11 +127,12 @@ def _book(request: Request, outcome: Outcome, api: bool) -> None:
     if outcome.client_gone:
         # Whatever status went out, the answer did not arrive whole (nginx's 499).
         outcome.status = CLIENT_CLOSED
-    if request.path not in _QUIET:
+    route = route_of(request.path)
+    if not route.quiet:
         access_log.info("request", **outcome.summary())
     on_done = request.app.gate.on_done
     if api and on_done is not None:
-        on_done(outcome, route_label(request.path))
+        on_done(outcome, route.label)
 
 
 def client_key(request: Request) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,28 @@ class Outcome:
     client_gone: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     repairs: dict[str, int] = field(default_factory=dict)
+
+    # What each kind of answer records, in one place each.
+
+    def answered(self, status: int, size: int) -> None:
+        """A whole answer (not streamed) went out: ``size`` bytes of body."""
+        self.status = status
+        self.first_byte = time.monotonic()
+        self.bytes_out = size
+
+    def failed_early(self, status: int, size: int, error: str) -> None:
+        """A stream failed before its first byte: it is answered as an error."""
+        self.status = status
+        self.error = self.error or error
+        self.events = 0
+        self.bytes_out = size
+
+    def streamed(self, status: int, events: int, repairs: Mapping[str, int]) -> None:
+        """A relayed stream ended (its bytes were counted as they went)."""
+        self.status = self.status or status
+        self.events = events
+        if repairs:
+            self.repairs.update(repairs)
 
     def summary(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
 from proxy.config import Timeouts
-from proxy.core.convert import Aggregator
-from proxy.core.shaper import DONE, TRUNCATED, OpenAIShaper, error_event, error_json, error_status
-from proxy.core.sse import EventTooLarge, Reframer, too_short_to_tell
+from proxy.core.openai import TRUNCATED, error_event, error_status
+from proxy.core.shaper import OpenAIShaper
+from proxy.core.sse import EventTooLarge, Reframer
 from proxy.errors import (
     SeamlineError,
     StreamTooLarge,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamTimeout,
 )
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.reply import Reply, Streamed
@@ -215,22 +214,9 @@ class ClientStream:
                     await task
 
 
-async def relay_stream(
-    request: ClientSide,
-    upstream: Response,
-    headers: CIMultiDict[str],
-    shaper: OpenAIShaper,
-    outcome: Outcome,
-    *,
-    timeouts: Timeouts,
-    max_event_bytes: int,
-    heartbeat: float = 0.0,
-    log: Any = None,
-    on_start: Callable[[], None] | None = None,
-    first: bytes = b"",
-    secrets: tuple[bytes, ...] = (),
-) -> Reply:
-    """Relay an upstream event stream to the client, repairing it on the way.
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """How one stream is relayed.
 
     ``log`` is given only when DEBUG_STREAMING is on; otherwise the loop does no
     per-read logging work at all. ``on_start`` is called once, when the first byte
@@ -238,15 +224,37 @@ async def relay_stream(
     ``first``: the body's first read, when the caller already made it. ``secrets``:
     what the upstream was sent that must not reach the client.
     """
+
+    timeouts: Timeouts
+    max_event_bytes: int
+    heartbeat: float = 0.0
+    log: Any = None
+    on_start: Callable[[], None] | None = None
+    first: bytes = b""
+    secrets: tuple[bytes, ...] = ()
+
+
+async def relay_stream(
+    request: ClientSide,
+    upstream: Response,
+    headers: CIMultiDict[str],
+    shaper: OpenAIShaper,
+    outcome: Outcome,
+    options: RelayOptions,
+) -> Reply:
+    """Relay an upstream event stream to the client, repairing it on the way."""
+    # Locals, not attribute lookups: ``convert`` reads them for every event.
+    timeouts, max_event_bytes, log = options.timeouts, options.max_event_bytes, options.log
+    first, secrets = options.first, options.secrets
     headers.update(SSE_HEADERS)
     client = ClientStream(
         request,
         upstream.status,
         headers,
         outcome,
-        heartbeat,
+        options.heartbeat,
         log,
-        on_start=on_start,
+        on_start=options.on_start,
         secrets=secrets,
     )
     del headers  # the client stream lets go of them once they are sent
@@ -307,7 +315,7 @@ async def relay_stream(
             # Whatever the reframer holds is an event the upstream never finished. Even
             # after a finish_reason the stream was cut (its usage chunk, its [DONE]):
             # the client is told, never shown a clean end.
-            failure = _mid_stream_error(exc, shaper)
+            failure = mid_stream_error(exc, shaper)
             out = b""
         if failure is not None:
             out += error_event(failure.message, code=failure.code)
@@ -331,14 +339,11 @@ async def relay_stream(
         # A body read to its end has already gone back to the pool; this closes a
         # connection with anything of it left unread, which no other request may reuse.
         upstream.close()
-        outcome.events = shaper.events
-        if shaper.repairs:
-            outcome.repairs.update(shaper.repairs)
-    outcome.status = upstream.status
+        outcome.streamed(upstream.status, shaper.events, shaper.repairs)
     return Streamed(upstream.status, b"", None, "text/event-stream")
 
 
-def _mid_stream_error(exc: UpstreamError, shaper: OpenAIShaper) -> UpstreamError:
+def mid_stream_error(exc: UpstreamError, shaper: OpenAIShaper) -> UpstreamError:
     if isinstance(exc, UpstreamProtocolError) and shaper.check_endings and not shaper.finished:
         # A connection that dies before the answer ended truncated it, as a clean
         # end there does: the client must be told so, not just "connection lost".
@@ -377,10 +382,7 @@ def _status_error(
         status = error_status(payload)
     assert payload is not None
     payload = mask(payload, secrets)
-    outcome.status = status
-    outcome.error = outcome.error or "upstream stream carried an error"
-    outcome.events = 0
-    outcome.bytes_out = len(payload)
+    outcome.failed_early(status, len(payload), "upstream stream carried an error")
     out_headers = CIMultiDict(
         (k, v)
         for k, v in headers.items()
@@ -388,80 +390,3 @@ def _status_error(
     )
     out_headers["Content-Type"] = "application/json"
     return EarlyError(status, payload, out_headers)
-
-
-async def collect_stream(
-    upstream: Response,
-    timeouts: Timeouts,
-    max_event_bytes: int,
-    limit: int,
-    shaper: OpenAIShaper | None = None,
-    first: bytes = b"",
-) -> tuple[Aggregator, bytes | None]:
-    """Read a whole upstream event stream into one completion, for a non-streaming client.
-
-    Returns the aggregate and, when the stream carried an error or ended before the
-    answer did, that error as OpenAI JSON. The shaper's verdicts (errors, [DONE],
-    glued events) decide what is merged; pass one (with ``trace``) to read its
-    ``repairs`` afterwards.
-    """
-    shaper = OpenAIShaper() if shaper is None else shaper
-    agg = Aggregator()
-    reframer = Reframer(max_event_bytes)
-    size = 0
-    watch = IdleWatch(upstream, timeouts.idle)
-    try:
-        chunk = first or await upstream.read()
-        while chunk:
-            watch.seen()
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamError(f"upstream response exceeds {limit} bytes")
-            _aggregate(shaper.render(reframer.feed(chunk)), agg)
-            if shaper.done:
-                upstream.let_finish()
-                break
-            if shaper.errored:
-                break
-            chunk = await upstream.read()
-        else:
-            _aggregate(shaper.render(reframer.close()) + shaper.finish(), agg)
-    except EventTooLarge as exc:
-        return agg, error_json(str(exc), code="event_too_large")
-    except (UpstreamTimeout, UpstreamProtocolError) as exc:
-        err = _mid_stream_error(exc, shaper)
-        return agg, error_json(err.message, code=err.code)
-    finally:
-        watch.cancel()
-        upstream.close()
-    return agg, shaper.error_payload
-
-
-async def first_read(upstream: Response, timeouts: Timeouts) -> bytes:
-    """The body's first bytes (b"" for an empty body), to tell what it is by them."""
-    head = b""
-    watch = IdleWatch(upstream, timeouts.idle)
-    try:
-        while chunk := await upstream.read():
-            head += chunk
-            if not too_short_to_tell(head):
-                break
-        return head
-    except UpstreamError:
-        upstream.close()
-        raise
-    finally:
-        watch.cancel()
-
-
-def _aggregate(rendered: bytes, agg: Aggregator) -> None:
-    for block in rendered.split(b"\n\n"):
-        if not block.startswith(b"data: "):
-            continue
-        payload = block[6:].replace(b"\ndata: ", b"\n")
-        if payload.startswith(DONE):
-            continue
-        try:
-            agg.add(json.loads(payload))
-        except ValueError:
-            continue

@@ -1,17 +1,16 @@
 """Failover before the first byte: try eligible accounts until one answers usefully.
 
-The pool (pure) decides who is next and remembers what each answer meant; this
-module makes the calls, reads error bodies, and keeps failed attempts out of the
-client's sight.
+The pool (pure) decides who is next and remembers what each answer meant; the policy
+(pure) what an answer means; ``attempt.py`` makes one call. This loop keeps failed
+attempts out of the client's sight.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDict
@@ -22,52 +21,21 @@ from proxy.errors import (
     NotFound,
     RateLimited,
     SeamlineError,
-    UpstreamConnectTimeout,
     UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
 )
+from proxy.gateway.attempt import FailedAnswer, FailedOver, UpstreamAnswer, attempt, judge
+from proxy.gateway.context import Call
 from proxy.gateway.outcome import Attempt, Outcome
-from proxy.logs import get_logger, redactor, shown, trace_bytes
-from proxy.pool.accounts import ACCOUNT, AccountState, Limits, Pool, Strategy
-from proxy.pool.health import parse_retry_after
-from proxy.pool.policy import Decision, Effect, Failure, Next, decide
-from proxy.upstream import call as up
-from proxy.upstream.call import read_body
-from proxy.upstream.credentials import OAuthError, OAuthRevoked
-from proxy.upstream.oauth import OAuthAccount
-from proxy.upstream.wire import Client, Response
+from proxy.logs import get_logger, redactor
+from proxy.pool.accounts import AccountState, Limits, Pool, Strategy
+from proxy.pool.policy import Failure, decide
+from proxy.upstream.oauth import OAuthAccount, TokenHTTP
+from proxy.upstream.wire import ConnectionPool
 
 if TYPE_CHECKING:
     from proxy.state.shared import SharedPool
 
 log = get_logger("seamline.routing")
-
-ERROR_BODY_LIMIT = 1024 * 1024
-# How long an account that refused ``stream_options`` gets requests without it.
-PLAIN_S = 3600.0
-
-# Breaker scopes: a route's first path segment when it is one of the API's, else one
-# scope for all the rest (a client's made-up paths must not grow the pool's state).
-_SCOPES = frozenset(
-    {
-        "chat", "completions", "embeddings", "responses", "messages", "models", "files",
-        "audio", "images", "moderations", "batches", "fine_tuning", "assistants", "threads",
-        "vector_stores", "uploads", "rerank", "tokenize",
-    }
-)  # fmt: skip
-
-
-def scope_of(tail: str) -> str:
-    """The breaker scope of a path after ``/v1/``: failures on one route (one the
-    upstream does not serve, say) do not make the account look down for the others."""
-    head = tail.split("/", 1)[0]
-    return head if head in _SCOPES else "other"
-
-
-def _connect_failure(exc: UpstreamError) -> bool:
-    """The account could not be reached at all, whatever the request: its whole breaker."""
-    return isinstance(exc, UpstreamUnreachable | UpstreamConnectTimeout)
 
 
 def limits_of(acc: AccountConfig) -> Limits:
@@ -96,75 +64,20 @@ def make_pool(config: Config) -> Pool:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Bodies:
-    """The request bodies an account may get.
-
-    ``send`` asks for the usage chunk when seamline added that; ``plain`` is the same
-    without it, for an account that refuses ``stream_options`` (None: nothing was
-    added). ``forced`` and ``forced_plain`` are the same for ``force_stream`` accounts
-    (made only when some account has it). ``fingerprint`` tells requests apart for the
-    breaker (a client retrying one prompt is one request).
-    """
-
-    send: bytes
-    plain: bytes | None = None
-    forced: bytes | None = None
-    forced_plain: bytes | None = None
-    fingerprint: int = 0
-
-    def body(self, force_stream: bool, plain: bool) -> tuple[bytes, bool]:
-        """The body for an account, and whether a plain one could still follow it."""
-        if force_stream and self.forced is not None:
-            if plain and self.forced_plain is not None:
-                return self.forced_plain, False
-            return self.forced, self.forced_plain is not None
-        if plain and self.plain is not None:
-            return self.plain, False
-        return self.send, self.plain is not None
-
-
-@dataclass
-class UpstreamAnswer:
-    """A usable upstream answer: the caller relays it, then calls ``finish``."""
-
-    account: AccountConfig
-    state: AccountState
-    response: Response
-    scope: str = ACCOUNT
-    fingerprint: int = 0
-    # What the upstream was sent that it could echo back: never for the client to see.
-    secrets: tuple[bytes, ...] = ()
-
-
-@dataclass
-class FailedAnswer:
-    """An upstream error answer the client gets as it is (status, headers, body)."""
-
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-
-
-@dataclass
-class FailedOver:
-    """The account failed in a way that moves on to the next one.
-
-    ``answer`` is what the client gets should every account fail so (5xx bodies are
-    informative, as is a 429; a quota or a rejected key is better told by seamline).
-    """
-
-    answer: FailedAnswer | None
-
-
 @dataclass
 class Router:
-    """Accounts, the pool and OAuth state for one config; replaced whole on reload."""
+    """Accounts, the pool and OAuth state for one config; replaced whole on reload (the
+    pool, the connections and the OAuth session outlive it)."""
 
     config: Config
     pool: Pool
     oauth: dict[str, OAuthAccount] = field(default_factory=dict)
     shared: SharedPool | None = None  # replicas sharing state through Redis
+    connections: ConnectionPool = field(default_factory=ConnectionPool)
+    token_http: TokenHTTP = field(default_factory=TokenHTTP)  # OAuth token calls
+
+    def session(self) -> aiohttp.ClientSession:
+        return self.token_http.session()
 
     @property
     def accounts(self) -> dict[str, AccountConfig]:
@@ -175,31 +88,17 @@ class Router:
             return None
         return self.config.aliases.get(model, model)
 
-    async def open(
-        self,
-        session: aiohttp.ClientSession,
-        client: Client,
-        method: str,
-        tail: str,
-        query: str,
-        client_headers: Mapping[str, str],
-        bodies: Bodies,
-        model: str | None,
-        outcome: Outcome,
-        tried: list[str] | None = None,
-        tracer: Any = None,
-    ) -> UpstreamAnswer | FailedAnswer:
+    async def open(self, call: Call) -> UpstreamAnswer | FailedAnswer:
         """Send to accounts in turn until one gives a usable answer.
 
-        ``tried``: the accounts this request already went to, extended in place with
-        each one tried here; they count against ``routing.max_attempts``, and a later
-        call does not try them again. ``tracer``: a logger when DEBUG_STREAMING is on.
+        ``call.tried``: the accounts this request already went to, extended with each
+        one tried here; they count against ``routing.max_attempts``, and a later call
+        does not try them again.
         """
         self._pick_up_new_logins()
-        pool = self.pool
+        pool, model, outcome, tried = self.pool, call.model, call.outcome, call.tried
         accounts = self.accounts
-        scope = scope_of(tail)
-        tried = [] if tried is None else tried
+        scope = call.route.scope
         limit = self.config.routing.max_attempts or len(pool.serving(model))
         last_failure: FailedAnswer | None = None
         last_error: SeamlineError | None = None
@@ -212,19 +111,7 @@ class Router:
             acc = accounts[st.name]
             pool.acquire(st, now, scope)
             try:
-                answer = await self._attempt(
-                    session,
-                    client,
-                    acc,
-                    st,
-                    method,
-                    tail,
-                    query,
-                    client_headers,
-                    bodies,
-                    outcome,
-                    tracer,
-                )
+                answer = await attempt(self, call, acc, st)
             except UpstreamError as exc:
                 pool.release(st)
                 last_error = exc
@@ -281,132 +168,6 @@ class Router:
             refused.append(probe.name)
         return None
 
-    async def _attempt(
-        self,
-        session: aiohttp.ClientSession,
-        client: Client,
-        acc: AccountConfig,
-        st: AccountState,
-        method: str,
-        tail: str,
-        query: str,
-        client_headers: Mapping[str, str],
-        bodies: Bodies,
-        outcome: Outcome,
-        tracer: Any,
-    ) -> UpstreamAnswer | FailedAnswer | FailedOver:
-        """One account: a usable answer, a client error, or FailedOver (pool told)."""
-        pool = self.pool
-        scope = scope_of(tail)
-        fingerprint = bodies.fingerprint
-        timeouts = self.config.timeouts_for(acc)
-        body, may_drop_options = bodies.body(acc.force_stream, st.plain_until > time.time())
-        oauth = self.oauth.get(acc.name)
-        token: str | None = None
-        retried_401 = False
-        while True:
-            try:
-                base_url = acc.base_url
-                if oauth is not None:
-                    token = await oauth.token(session, time.time())
-                    base_url = acc.base_url or oauth.base_url
-                headers = up.request_headers(client_headers, acc, outcome.request_id, token)
-                url = up.target_url(base_url, tail, query)
-                proxy = self.config.proxy_for(acc, url)
-                if tracer is not None:
-                    _trace_request(tracer, acc.name, method, url, headers, body)
-                resp = await up.send(client, method, url, headers, body, timeouts, proxy)
-                if tracer is not None:
-                    tracer.debug(
-                        "upstream_response",
-                        account=acc.name,
-                        status=resp.status,
-                        headers=dict(resp.headers),
-                    )
-            except OAuthRevoked as exc:
-                self._disable(st, exc.message, persist=True, outcome=outcome)
-                raise
-            except UpstreamError as exc:
-                where = ACCOUNT if _connect_failure(exc) else scope
-                pool.failed(st, time.time(), exc.message, where, fingerprint)
-                _note(outcome, acc, _failure_of(exc), exc.message)
-                raise
-            if resp.status < 400:
-                # Whether the answer works is known once it ended (``finish``).
-                pool.answered(st)
-                sent = tuple(k.encode() for k in {acc.api_key, token} if k and len(k) >= 4)
-                return UpstreamAnswer(acc, st, resp, scope, fingerprint, sent)
-            err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
-            decision = decide(
-                resp.status,
-                err_body,
-                can_refresh=oauth is not None and bool(token) and not retried_401,
-                can_drop_options=may_drop_options,
-            )
-            now = time.time()
-            if decision.next is Next.REFRESH:
-                assert oauth is not None and token is not None
-                retried_401 = True
-                try:
-                    await oauth.refresh_after_401(session, token)
-                except OAuthRevoked as exc:
-                    self._disable(st, exc.message, persist=True, outcome=outcome)
-                    raise
-                except OAuthError as exc:
-                    pool.failed(st, now, exc.message, ACCOUNT)
-                    _note(outcome, acc, Failure.OAUTH, exc.message)
-                    raise
-                continue
-            if decision.next is Next.WITHOUT_OPTIONS:
-                # It refused the stream_options seamline added (not the client): ask once
-                # more without them, and leave them out for this account for a while.
-                st.plain_until = now + PLAIN_S
-                log.info(
-                    "stream_options_refused",
-                    account=acc.name,
-                    status=resp.status,
-                    request_id=outcome.request_id,
-                )
-                body, may_drop_options = bodies.body(acc.force_stream, True)
-                continue
-            allowed = up.header_filter(self.config.server.forward_response_headers)
-            out_headers = up.response_headers(resp.headers, resp.status, allowed)
-            failed = FailedAnswer(resp.status, out_headers, err_body)
-            return self._judge(acc, st, decision, failed, outcome, scope, fingerprint)
-
-    def _judge(
-        self,
-        acc: AccountConfig,
-        st: AccountState,
-        decision: Decision,
-        answer: FailedAnswer,
-        outcome: Outcome,
-        scope: str,
-        fingerprint: int,
-    ) -> FailedAnswer | FailedOver:
-        """Apply a decision on an upstream's error answer: the client's own error to
-        return, or a failure of the account (the pool told) to move on from."""
-        if decision.next is not Next.FAIL_OVER:
-            return answer
-        assert decision.failure is not None
-        pool = self.pool
-        now = time.time()
-        reason = f"{answer.status} {decision.failure.value}"
-        retry_after = parse_retry_after(answer.headers.get("Retry-After"), now)
-        effect = decision.effect
-        if effect is Effect.QUOTA:
-            pool.quota_exhausted(st, now, retry_after)
-        elif effect is Effect.COOLDOWN:
-            pool.rate_limited(st, now, retry_after)
-        elif effect is Effect.DISABLE:
-            reason = f"upstream answered {answer.status}: credentials rejected"
-            self._disable(st, reason, persist=False, outcome=outcome)
-            return FailedOver(None)
-        elif effect is Effect.FAILURE:
-            pool.failed(st, now, reason, scope, fingerprint)
-        _note(outcome, acc, decision.failure, reason)
-        return FailedOver(answer if decision.keep else None)
-
     def early_error(
         self, answer: UpstreamAnswer, status: int, payload: bytes, outcome: Outcome
     ) -> bool:
@@ -416,7 +177,8 @@ class Router:
         another account may take the request."""
         self.pool.release(answer.state)
         failed = FailedAnswer(status, CIMultiDict(), payload)
-        judged = self._judge(
+        judged = judge(
+            self,
             answer.account,
             answer.state,
             decide(status, payload),
@@ -427,14 +189,13 @@ class Router:
         )
         return isinstance(judged, FailedOver)
 
-    def may_retry(self, model: str | None, tried: Sequence[str], tail: str) -> bool:
+    def may_retry(self, call: Call) -> bool:
         """Another account may still take this request (a local look; it acquires nothing)."""
-        pool = self.pool
-        limit = self.config.routing.max_attempts or len(pool.serving(model))
+        pool, tried = self.pool, call.tried
+        limit = self.config.routing.max_attempts or len(pool.serving(call.model))
         if len(tried) >= limit:
             return False
-        now, scope = time.time(), scope_of(tail)
-        return pool.fallback(model, now, tried, scope) is not None
+        return pool.fallback(call.model, time.time(), tried, call.route.scope) is not None
 
     def _pick_up_new_logins(self) -> None:
         """Put an OAuth account whose refresh was rejected back once its user logs in again.
@@ -452,14 +213,16 @@ class Router:
                 oauth.disabled_reason = None
                 self.pool.enable(st)
 
-    def _disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
+    def disable(self, st: AccountState, reason: str, *, persist: bool, outcome: Outcome) -> None:
+        """Take ``st`` out (its credentials were refused), logged once."""
         oauth = self.oauth.get(st.name)
         refused = _fingerprint(oauth.credentials.refresh_token) if persist and oauth else None
         if self.pool.disable(st, reason, persist=persist, credential=refused):
             log.error(
                 "account_disabled", account=st.name, reason=reason, request_id=outcome.request_id
             )
-        _note(outcome, self.accounts[st.name], Failure.OAUTH if persist else Failure.AUTH, reason)
+        failure = Failure.OAUTH if persist else Failure.AUTH
+        outcome.attempts.append(Attempt(st.name, failure, redactor.scrub(reason)))
 
     def finish(
         self,
@@ -484,37 +247,9 @@ class Router:
             pool.succeeded(answer.state, answer.scope)
 
 
-def _trace_request(
-    tracer: Any, account: str, method: str, url: str, headers: Mapping[str, str], body: bytes
-) -> None:
-    # The redactor masks the credentials (by header name) and anything key-shaped.
-    tracer.debug(
-        "upstream_request",
-        account=account,
-        method=method,
-        url=url,
-        headers=dict(headers),
-        body=shown(body, trace_bytes()),
-    )
-
-
 def _fingerprint(secret: str) -> str:
     """Tells two secrets apart without keeping either (it is persisted)."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-def _note(outcome: Outcome, acc: AccountConfig, failure: Failure, reason: str) -> None:
-    outcome.attempts.append(Attempt(acc.name, failure, redactor.scrub(reason)))
-
-
-def _failure_of(exc: UpstreamError) -> Failure:
-    if isinstance(exc, OAuthError):
-        return Failure.OAUTH
-    if isinstance(exc, UpstreamUnreachable):
-        return Failure.UNREACHABLE
-    if isinstance(exc, UpstreamTimeout):
-        return Failure.TIMEOUT
-    return Failure.PROTOCOL
 
 
 def _unavailable(pool: Pool, model: str | None, now: float) -> SeamlineError:

@@ -16,13 +16,19 @@ from proxy.config import Config, ConfigError, load
 from proxy.gateway.routing import Router, limits_of, make_pool
 from proxy.logs import get_logger, redactor
 from proxy.pool.accounts import Strategy
+from proxy.state.conversations import (
+    Conversations,
+    MemoryConversations,
+    RedisConversations,
+    SQLiteConversations,
+)
 from proxy.state.redis_link import RedisLink
 from proxy.state.redis_store import RedisStore
 from proxy.state.shared import SharedPersister, SharedPool
 from proxy.state.store import Persister, open_store
 from proxy.upstream.oauth import DEFAULT_CLIENT_ID, DEFAULT_TOKEN_URL, OAuthAccount
 from proxy.upstream.oauth_share import TokenShare
-from proxy.upstream.wire import Client, Response
+from proxy.upstream.wire import ConnectionPool, Response
 
 log = get_logger("seamline")
 
@@ -46,8 +52,16 @@ class Runtime:
     persister: Persister
     # Upstream responses being relayed: a drain that runs out of time ends them.
     streams: set[Response] = field(default_factory=set)
-    client: Client = field(default_factory=Client)  # every upstream call of /v1
     tokens: TokenShare | None = None  # OAuth tokens shared between replicas
+    # Stored responses (/v1/responses with store: true), in the state backend.
+    conversations: Conversations = field(
+        default_factory=lambda: MemoryConversations(86400.0, 1 << 26, 1 << 24)
+    )
+
+    @property
+    def connections(self) -> ConnectionPool:
+        """Every upstream call of /v1 (the router's, kept across reloads)."""
+        return self.router.connections
 
     @property
     def shared(self) -> SharedPool | None:
@@ -57,15 +71,24 @@ class Runtime:
 def build_runtime(config: Config) -> Runtime:
     pool = make_pool(config)
     router = Router(config, pool, oauth_accounts(config))
-    state = config.state
+    state, kept = config.state, config.responses
     if state.backend != "redis":
-        return Runtime(router, Persister(pool, open_store(config.state_path)))
+        conversations: Conversations = (
+            MemoryConversations(kept.ttl_s, kept.max_bytes, kept.max_record_bytes)
+            if config.state_path == ":memory:"
+            else SQLiteConversations(
+                config.state_path, kept.ttl_s, kept.max_bytes, kept.max_record_bytes
+            )
+        )
+        persister = Persister(pool, open_store(config.state_path))
+        return Runtime(router, persister, conversations=conversations)
     link = RedisLink(state.url, state.timeout_s)
     router.shared = SharedPool(pool, link, state.prefix, state.sync_s)
     tokens = TokenShare(link, state.prefix)
     share_tokens(router.oauth, tokens)
     persister = SharedPersister(pool, RedisStore(link, state.prefix), router.shared)
-    return Runtime(router, persister, tokens=tokens)
+    stored = RedisConversations(link, state.prefix, kept.ttl_s, kept.max_record_bytes)
+    return Runtime(router, persister, tokens=tokens, conversations=stored)
 
 
 def share_tokens(oauth: dict[str, OAuthAccount], tokens: TokenShare | None) -> None:
@@ -110,7 +133,15 @@ def reload(rt: Runtime, path: str) -> bool:
     pool.breaker_threshold = config.routing.breaker_threshold
     pool.breaker_cooldown = config.routing.breaker_cooldown
     share_tokens(oauth, rt.tokens)
-    rt.router = Router(config, pool, oauth, shared=rt.router.shared)
+    old_router = rt.router
+    rt.router = Router(
+        config,
+        pool,
+        oauth,
+        shared=old_router.shared,
+        connections=old_router.connections,
+        token_http=old_router.token_http,
+    )
     log.info("config_reloaded", path=path, accounts=[a.name for a in config.accounts])
     warn_readable_secrets(config)
     return True

@@ -25,7 +25,7 @@ from proxy.logs import get_logger
 T = TypeVar("T")
 log = get_logger("seamline.shared")
 
-Client = aioredis.Redis
+RedisClient = aioredis.Redis
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 
@@ -51,7 +51,7 @@ class RedisLink:
         self.url = url
         self.timeout = timeout
         # No retries inside redis-py: a retry would multiply the time a request waits.
-        self.client: Client = aioredis.Redis.from_url(
+        self.client: RedisClient = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -76,7 +76,9 @@ class RedisLink:
             return
         self._up()
 
-    async def run(self, fn: Callable[[Client], Awaitable[T]], within: float | None = None) -> T:
+    async def run(
+        self, fn: Callable[[RedisClient], Awaitable[T]], within: float | None = None
+    ) -> T:
         """``fn(client)`` within the timeout; raises Unreachable while Redis is down."""
         if not self.connected:
             raise Unreachable(self.last_error or "redis is down")

@@ -12,7 +12,7 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from proxy.state import scripts as rs
-from proxy.state.redis_link import Client, RedisLink, Unreachable
+from proxy.state.redis_link import RedisClient, RedisLink, Unreachable
 from proxy.state.store import States
 
 FLOATS = ("cooldown_until", "backoff", "quota_until", "day_start", "reset_at")
@@ -55,7 +55,7 @@ class RedisStore:
         pattern = rs.account_key(self.prefix, "*")
         start = len(rs.account_key(self.prefix, ""))
 
-        async def read(c: Client) -> dict[str, dict[str, str]]:
+        async def read(c: RedisClient) -> dict[str, dict[str, str]]:
             keys = [k async for k in c.scan_iter(match=pattern, count=100)]
             pipe = c.pipeline(transaction=False)
             for k in keys:
@@ -78,7 +78,7 @@ class RedisStore:
     async def save(self, states: States) -> None:
         """Merge a snapshot in; while Redis is down there is nothing to do."""
 
-        async def write(c: Client) -> None:
+        async def write(c: RedisClient) -> None:
             pipe = c.pipeline(transaction=False)
             for name, data in states.items():
                 args: list[str] = [self.prefix, name, repr(float(data.get("day_start", 0.0)))]

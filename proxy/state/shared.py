@@ -30,7 +30,7 @@ from redis.commands.core import AsyncScript
 from proxy.logs import get_logger
 from proxy.pool.accounts import RPM_WINDOW, AccountState, Change, Pool, last_reset
 from proxy.state import scripts as rs
-from proxy.state.redis_link import Client, RedisLink, Unreachable
+from proxy.state.redis_link import RedisClient, RedisLink, Unreachable
 from proxy.state.redis_store import RedisStore, parse_hash
 from proxy.state.store import Persister
 
@@ -275,7 +275,7 @@ class SharedPool:
         releases, self.releases = self.releases, []
         now = time.time()
 
-        async def send(c: Client) -> None:
+        async def send(c: RedisClient) -> None:
             pipe = c.pipeline(transaction=False)
             for name, r in reports.items():
                 st = self.pool.states.get(name)
@@ -337,7 +337,7 @@ class SharedPool:
         now = time.time()
         renew = now - self._renewed > self.lease_s / 3
 
-        async def read(c: Client) -> list[Any]:
+        async def read(c: RedisClient) -> list[Any]:
             pipe = c.pipeline(transaction=False)
             for name in names:
                 rk = rs.rpm_key(self.prefix, name)

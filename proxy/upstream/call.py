@@ -10,14 +10,13 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-import aiohttp
 from multidict import CIMultiDict
 
 from proxy.config import AccountConfig, Timeouts
 from proxy.config.egress import ProxyURL
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.logs import redactor
-from proxy.upstream.wire import Client, Response
+from proxy.upstream.wire import ConnectionPool, Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -134,18 +133,9 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
 
-def make_session() -> aiohttp.ClientSession:
-    """The aiohttp session for OAuth token calls; /v1 calls go through :mod:`.wire`."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None),
-        skip_auto_headers=("User-Agent",),
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-
-
-def target_url(base_url: str, tail: str, query: str) -> str:
-    """``base_url`` + the client's path after ``/v1`` + its query string."""
-    url = base_url.rstrip("/") + "/" + tail.lstrip("/")
+def target_url(base_url: str, path: str, query: str) -> str:
+    """``base_url`` + the client's ``path`` after ``/v1/`` (as it was encoded) + its query."""
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
     return f"{url}?{query}" if query else url
 
 
@@ -196,7 +186,7 @@ def response_headers(
 
 
 async def send(
-    client: Client,
+    client: ConnectionPool,
     method: str,
     url: str,
     headers: CIMultiDict[str],

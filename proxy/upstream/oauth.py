@@ -104,6 +104,28 @@ async def _post_form(
     return status, body, f"HTTP {status}" + (f" {error[:200]}" if error else "")
 
 
+class TokenHTTP:
+    """The one aiohttp session of every OAuth token call (/v1 calls go through the wire
+    client): made at first use, inside the running loop; its owner closes it."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class OAuthAccount:
     """A qwen-code login used as an upstream account: hands out fresh access tokens."""
 

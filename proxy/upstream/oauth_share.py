@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from redis.commands.core import AsyncScript
 
 from proxy.state import scripts as rs
-from proxy.state.redis_link import Client, RedisLink, Unreachable
+from proxy.state.redis_link import RedisClient, RedisLink, Unreachable
 from proxy.upstream.credentials import Credentials, OAuthError, credentials_from
 
 LOCK_S = 30.0  # longer than a refresh may take (its HTTP timeout)
@@ -94,7 +94,7 @@ class TokenShare:
             new = await do_refresh(newest)
             text = json.dumps(new.to_json())
 
-            async def store(c: Client) -> None:
+            async def store(c: RedisClient) -> None:
                 await c.set(rs.oauth_key(self.prefix, name), text)
 
             with contextlib.suppress(Unreachable):

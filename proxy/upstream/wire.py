@@ -33,14 +33,14 @@ from proxy.errors import (
 from proxy.upstream.conn import NO_HEADERS, Conn, PoolKey, Response, Stale
 from proxy.upstream.tunnel import Handshake, authority, connect_request
 
-__all__ = ["NO_HEADERS", "Client", "Response"]
+__all__ = ["NO_HEADERS", "ConnectionPool", "Response"]
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 _DNS_TTL = 300.0  # seconds an upstream host's looked-up addresses are used
 
 
-class Client:
+class ConnectionPool:
     """Connections to every upstream, kept alive between requests.
 
     No cap on connections: concurrency is limited where requests come in, and a cap

@@ -69,7 +69,7 @@ class SeamlineDriver:
     name = "seamline"
 
     def __init__(self, within: float = 10.0) -> None:
-        self.client = wire.Client()
+        self.client = wire.ConnectionPool()
         self.within = within  # seconds one exchange may take before it counts as hung
 
     async def exchange(self, method: str, url: str, body: bytes = b"") -> Got:

@@ -11,15 +11,15 @@ from proxy.upstream import wire
 
 
 @pytest.fixture
-async def wire_client() -> AsyncIterator[wire.Client]:
+async def wire_client() -> AsyncIterator[wire.ConnectionPool]:
     """A wire client, closed after the test."""
-    c = wire.Client()
+    c = wire.ConnectionPool()
     yield c
     c.close()
 
 
 async def call(
-    client: wire.Client,
+    client: wire.ConnectionPool,
     url: str,
     method: str = "GET",
     body: bytes = b"",
@@ -42,7 +42,7 @@ async def read_all(resp: wire.Response) -> bytes:
 
 
 async def fetch(
-    client: wire.Client,
+    client: wire.ConnectionPool,
     url: str,
     method: str = "GET",
     body: bytes = b"",

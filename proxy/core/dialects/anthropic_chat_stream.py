@@ -22,7 +22,8 @@ from typing import Any
 from proxy.core.dialects.anthropic_errors import to_openai
 from proxy.core.dialects.anthropic_events import TRUNCATED
 from proxy.core.dialects.anthropic_maps import chat_usage, finish_reason
-from proxy.core.shaper import DONE_EVENT, data_block, error_json
+from proxy.core.openai import DONE_EVENT, error_json
+from proxy.core.shaper import data_block
 from proxy.core.sse import Event as SSEEvent
 from proxy.core.sse import Item, Stray
 

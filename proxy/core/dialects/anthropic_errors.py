@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from proxy.core.shaper import error_status, normalize_error
+from proxy.core.openai import error_status, normalize_error
 
 # Anthropic's documented error types by HTTP status (its "HTTP errors" page; 402 and 504
 # are the newer entries of it).

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.core.dialects.anthropic_request import BUDGETS
-from proxy.core.shaper import error_json
+from proxy.core.openai import error_json
 
 DEFAULT_MAX_TOKENS = 8192
 # Room for the answer beside a thinking budget when the client set no max_tokens.

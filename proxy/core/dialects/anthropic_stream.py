@@ -35,7 +35,8 @@ from typing import Any
 from proxy.core.dialects.anthropic_blocks import TEXT, THINKING, Blocks
 from proxy.core.dialects.anthropic_events import TRUNCATED, Event, error_event, make
 from proxy.core.dialects.anthropic_maps import BROKEN_REASONS, anthropic_usage, stop_reason
-from proxy.core.shaper import DONE, PING_EVENTS, bare_error, error_status, normalize_error, unglue
+from proxy.core.openai import DONE, bare_error, error_status, normalize_error
+from proxy.core.shaper import PING_EVENTS, unglue
 from proxy.core.sse import Comment, Item, Stray
 from proxy.core.sse import Event as SSEEvent
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.core.shaper import error_status, normalize_error
+from proxy.core.openai import error_status, normalize_error
+from proxy.errors import openai_error
 
 JSON = dict[str, Any]
 IdFactory = Callable[[str], str]
@@ -46,14 +47,7 @@ class RequestError(Exception):
 
     def body(self) -> JSON:
         """The OpenAI error body, as ``{"error": {...}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": "invalid_request_error",
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error(self.message, "invalid_request_error", self.code, self.param)
 
     def json_bytes(self) -> bytes:
         return json.dumps(self.body(), ensure_ascii=False).encode()
@@ -100,14 +94,7 @@ class UpstreamFailure:
 
     def chat_error(self) -> JSON:
         """The OpenAI error body a chat client reads."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return openai_error(self.message, self.type, self.code, self.param)
 
 
 TRUNCATED = UpstreamFailure(

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from proxy.core.dialects.responses_common import JSON, UpstreamFailure
-from proxy.core.shaper import DONE, PING_EVENTS, bare_error, unglue
+from proxy.core.openai import DONE, bare_error
+from proxy.core.shaper import PING_EVENTS, unglue
 from proxy.core.sse import Event, Item, Stray
 
 

@@ -1,0 +1,159 @@
+"""A front that speaks another dialect than its accounts: the upstream's chat stream
+through a translator (a sans-IO state machine of ``core/dialects``) to the client.
+
+What every front shares: nothing reaches the client before the upstream's first
+content or error is known (the translator's handshake events are held, so a stream
+that fails first may still go to another account, or be answered with an HTTP
+status); one client write per upstream read; heartbeats, backpressure and secret
+masking as on the chat route (``relay.ClientStream``); a cut, an idle or total timeout
+or an oversized event ends the stream through the translator's failure, never its
+completion.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from multidict import CIMultiDict
+
+from proxy.config import Config
+from proxy.core.convert import completion_to_sse
+from proxy.core.openai import normalize_error
+from proxy.core.sse import Event, EventTooLarge, Item, Reframer
+from proxy.errors import UpstreamError
+from proxy.gateway.attempt import UpstreamAnswer
+from proxy.gateway.context import Call
+from proxy.gateway.relay import SSE_HEADERS, ClientSide, ClientStream, EarlyError
+from proxy.gateway.reply import Reply, Streamed
+from proxy.logs import mask
+from proxy.upstream.call import IdleWatch, read_body
+
+
+class Translator(Protocol):
+    """What a front's stream translator offers the gateway (bytes in the front's
+    encoding out)."""
+
+    @property
+    def content_started(self) -> bool: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def take(self, items: list[Item]) -> bytes: ...
+
+    def end(self, clean: bool) -> bytes: ...
+
+    def cut(self, error: UpstreamError) -> bytes: ...
+
+    def failure(self) -> tuple[int, bytes] | None:
+        """When it failed: the HTTP status and the OpenAI error payload."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """How a translated stream ended: its answer, and (status, payload) when it failed
+    before anything reached the client."""
+
+    reply: Reply
+    early: tuple[int, bytes] | None
+
+
+async def translate_stream(
+    request: ClientSide,
+    config: Config,
+    answer: UpstreamAnswer,
+    call: Call,
+    translator: Translator,
+    content_type: str = "text/event-stream",
+) -> Translated:
+    """Relay an upstream chat answer (an event stream, or one JSON completion) to the
+    client through ``translator``."""
+    resp = answer.response
+    timeouts = config.timeouts_for(answer.account)
+    server = config.server
+    headers: CIMultiDict[str] = CIMultiDict(SSE_HEADERS)
+    headers["Content-Type"] = content_type
+    headers["X-Request-ID"] = call.outcome.request_id
+    client = ClientStream(
+        request,
+        200,
+        headers,
+        call.outcome,
+        server.heartbeat_s,
+        call.tracer,
+        on_start=call.started,
+        secrets=answer.secrets,
+    )
+    reframer = Reframer(server.max_event_bytes)
+    watch = IdleWatch(resp, timeouts.idle, client.is_writing)
+    held = b""
+    events = 0
+    try:
+        if resp.content_type != "text/event-stream":
+            # A JSON completion for a client that streams: the stream it would have been.
+            data = await read_body(resp, server.max_event_bytes * 8, timeouts)
+            held = translator.take(reframer.feed(_as_stream(data)) + reframer.close())
+            held += translator.end(True)
+        else:
+            while not translator.done:
+                try:
+                    chunk = await resp.read()
+                except UpstreamError as exc:
+                    held += translator.cut(exc)
+                    break
+                watch.seen()
+                client.last_read = watch.last
+                try:
+                    items = reframer.feed(chunk) if chunk else reframer.close()
+                except EventTooLarge as exc:
+                    held += translator.take(exc.completed)
+                    held += translator.cut(UpstreamError(str(exc)))
+                    break
+                events += sum(1 for item in items if isinstance(item, Event))
+                held += translator.take(items)
+                if not chunk:
+                    held += translator.end(True)
+                    break
+                if held and (client.prepared or translator.content_started):
+                    await client.write(held)
+                    held = b""
+            if translator.done:
+                resp.let_finish()
+        failed = translator.failure()
+        if failed is not None and not client.prepared and not translator.content_started:
+            # Nothing reached the client: an HTTP error, or the next account.
+            await client.close()
+            status, payload = failed
+            call.outcome.failed_early(status, len(payload), "upstream failed before its answer")
+            out_headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+            payload = mask(payload, answer.secrets)
+            return Translated(EarlyError(status, payload, out_headers), failed)
+        if failed is not None:
+            call.outcome.error = call.outcome.error or "the upstream stream failed"
+        if held:
+            await client.write(held)
+        await client.close()
+        request.end_stream()
+    except ConnectionResetError:
+        call.outcome.client_gone = True
+    finally:
+        watch.cancel()
+        await client.close()
+        resp.close()
+    call.outcome.streamed(200, events, {})
+    return Translated(Streamed(200, b"", None, content_type), None)
+
+
+def _as_stream(data: bytes) -> bytes:
+    """A JSON completion as the chat stream it would have been, or its error as an
+    error event (which the translator fails on)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("choices"), list) and not obj.get("error"):
+        return completion_to_sse(obj, include_usage=True)
+    return b"data: " + normalize_error(data) + b"\n\n"

@@ -1,0 +1,256 @@
+"""The Responses API front: ``/v1/responses`` served from chat-completions accounts.
+
+A Responses request becomes a chat request (``core/dialects``), goes through the same
+routing loop as a chat request (failover before the first byte, circuits, the pool's
+lessons), and its answer is translated back: a stream event by event (the handshake
+held until the upstream's first content or error), a whole answer as one ``response``.
+With ``store`` (OpenAI's default) the conversation is kept for later turns'
+``previous_response_id`` and for ``GET``/``DELETE /v1/responses/{id}``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from multidict import CIMultiDict
+
+from proxy.config import Config
+from proxy.core.dialects.responses import (
+    ChatRequest,
+    ChatToResponses,
+    RequestError,
+    UpstreamFailure,
+    completion_to_response,
+    encode_events,
+    sequential_ids,
+    translate_request,
+)
+from proxy.core.openai import error_status, normalize_error, usage_from
+from proxy.core.plan import Bodies, Wants
+from proxy.core.shaper import OpenAIShaper
+from proxy.core.sse import Item
+from proxy.errors import InvalidJSON, NotFound, UpstreamError
+from proxy.gateway import routes
+from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
+from proxy.gateway.collect import collect_stream
+from proxy.gateway.context import Call
+from proxy.gateway.forward import failed_reply
+from proxy.gateway.fronts import translate_stream
+from proxy.gateway.reply import Reply
+from proxy.gateway.request import Request
+from proxy.logs import debug_streaming_enabled, get_logger, mask
+from proxy.upstream.call import read_body
+
+log = get_logger("seamline")
+
+# Hosted tools a chat upstream cannot run, left out of the upstream request: named here.
+DROPPED_TOOLS_HEADER = "X-Seamline-Dropped-Tools"
+
+
+class ResponsesTranslator:
+    """``fronts.Translator`` over the Responses dialect's state machine."""
+
+    __slots__ = ("machine",)
+
+    def __init__(self, machine: ChatToResponses) -> None:
+        self.machine = machine
+
+    @property
+    def content_started(self) -> bool:
+        return self.machine.content_started
+
+    @property
+    def done(self) -> bool:
+        return self.machine.done
+
+    def take(self, items: list[Item]) -> bytes:
+        return encode_events(self.machine.feed_items(items))
+
+    def end(self, clean: bool) -> bytes:
+        return encode_events(self.machine.end(clean))
+
+    def cut(self, error: UpstreamError) -> bytes:
+        failure = UpstreamFailure(error.message, error.code, status=error.status)
+        return encode_events(self.machine.fail(failure))
+
+    def failure(self) -> tuple[int, bytes] | None:
+        failed = self.machine.failure
+        if failed is None:
+            return None
+        return failed.status, json.dumps(failed.chat_error()).encode()
+
+
+async def create(request: Request) -> Reply:
+    """``POST /v1/responses``."""
+    rt = request.app.runtime
+    router = rt.router
+    config = router.config
+    outcome = request.outcome
+    raw = await request.read(config.server.max_body_bytes)
+    body = _object(raw)
+    history: list[Any] = []
+    previous = body.get("previous_response_id")
+    if previous is not None:
+        record = await rt.conversations.get(str(previous))
+        if record is None:
+            err = NotFound(f"Previous response with id '{previous}' not found.")
+            err.code = "previous_response_not_found"
+            raise err
+        history = list(record.get("items") or [])
+    try:
+        chat = translate_request(body, history)
+    except RequestError as exc:
+        outcome.error = exc.message
+        return Reply(exc.status, exc.json_bytes(), None, "application/json")
+    model = router.model_for(chat.body.get("model"))
+    chat_body = {**chat.body, "model": model}
+    outcome.model, outcome.stream = body.get("model"), chat.stream
+    if chat.dropped_tools:
+        log.info(
+            "hosted_tools_dropped", tools=list(chat.dropped_tools), request_id=outcome.request_id
+        )
+    call = Call(
+        "POST",
+        "chat/completions",
+        "",
+        request.headers,
+        routes.RESPONSES,
+        outcome,
+        model,
+        Wants(chat.stream, False, True),
+        _bodies(chat_body, raw),
+        log.bind(request_id=outcome.request_id) if debug_streaming_enabled() else None,
+    )
+    response_id = "resp_" + secrets.token_hex(24)
+    seed, created = secrets.token_hex(6), int(time.time())
+    while True:
+        answer = await router.open(call)
+        if isinstance(answer, FailedAnswer):
+            return failed_reply(answer, outcome)
+        ident = (response_id, created, seed)
+        rt.streams.add(answer.response)
+        try:
+            reply, early, usage, response = await _answer(
+                request, config, answer, call, chat, ident
+            )
+        finally:
+            rt.streams.discard(answer.response)
+        if early is None:
+            router.finish(answer, outcome, usage, True)
+        else:
+            failover = router.early_error(answer, early[0], early[1], outcome)
+            if failover and router.may_retry(call):
+                outcome.error = None
+                continue
+        break
+    if chat.dropped_tools and not reply.prepared:
+        reply.headers[DROPPED_TOOLS_HEADER] = ",".join(chat.dropped_tools)
+    if response is not None and body.get("store", True) is not False:
+        items = [*history, *chat.input_items, *(response.get("output") or [])]
+        await rt.conversations.put(response_id, {"response": response, "items": items})
+    return reply
+
+
+async def _answer(
+    request: Request,
+    config: Config,
+    answer: UpstreamAnswer,
+    call: Call,
+    chat: ChatRequest,
+    ident: tuple[str, int, str],
+) -> tuple[Reply, tuple[int, bytes] | None, tuple[int, int] | None, dict[str, Any] | None]:
+    """The client's answer, (status, error) when the upstream failed before anything
+    reached it, the usage, and the response to store (None: nothing to store).
+    ``ident``: the response's id, creation time and id seed (the same on a retry)."""
+    response_id, created, seed = ident
+    if chat.stream:
+        machine = ChatToResponses(
+            chat, response_id=response_id, created_at=created, ids=sequential_ids(seed)
+        )
+        translator = ResponsesTranslator(machine)
+        done = await translate_stream(request, config, answer, call, translator)
+        final = machine.response() if machine.done else None
+        usage = _usage(final)
+        stored = final if machine.status in ("completed", "incomplete") else None
+        return done.reply, done.early, usage, stored
+    resp = answer.response
+    timeouts = config.timeouts_for(answer.account)
+    limit = config.server.max_event_bytes * 8
+    if resp.content_type == "text/event-stream":
+        agg, error = await collect_stream(
+            resp, timeouts, config.server.max_event_bytes, limit, OpenAIShaper()
+        )
+        if error is not None:
+            return _early(call, error, answer.secrets)
+        completion: Any = agg.result()
+    else:
+        data = await read_body(resp, limit, timeouts)
+        try:
+            completion = json.loads(data)
+        except (ValueError, RecursionError):
+            completion = None
+        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+            error = normalize_error(data) if data else b'{"error":{"message":"empty answer"}}'
+            return _early(call, error, answer.secrets)
+    response = completion_to_response(
+        chat, completion, response_id=response_id, created_at=created, ids=sequential_ids(seed)
+    )
+    data = mask(json.dumps(response, ensure_ascii=False).encode(), answer.secrets)
+    call.outcome.answered(200, len(data))
+    call.started()
+    reply = Reply(200, data, None, "application/json")
+    return reply, None, _usage(response), response
+
+
+def _bodies(chat_body: dict[str, Any], raw: bytes) -> Bodies:
+    send = json.dumps(chat_body, ensure_ascii=False, separators=(",", ":")).encode()
+    if "stream_options" not in chat_body:
+        return Bodies(send, fingerprint=hash(raw))
+    plain_body = {k: v for k, v in chat_body.items() if k != "stream_options"}
+    plain = json.dumps(plain_body, ensure_ascii=False, separators=(",", ":")).encode()
+    return Bodies(send, plain, fingerprint=hash(raw))
+
+
+def _usage(response: dict[str, Any] | None) -> tuple[int, int] | None:
+    return usage_from(response.get("usage")) if response is not None else None
+
+
+def _early(
+    call: Call, error: bytes, secrets_: tuple[bytes, ...]
+) -> tuple[Reply, tuple[int, bytes] | None, tuple[int, int] | None, dict[str, Any] | None]:
+    payload = mask(normalize_error(error), secrets_)
+    status = error_status(payload)
+    call.outcome.failed_early(status, len(payload), "upstream failed before its answer")
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    return Reply(status, payload, headers), (status, payload), None, None
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw) if raw else None
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidJSON("request body must be a JSON object")
+    return obj
+
+
+async def stored(request: Request) -> Reply:
+    """``GET`` and ``DELETE /v1/responses/{id}``: a stored response, else a 404 in
+    OpenAI's format."""
+    response_id = request.path.removeprefix("/v1/responses/")
+    conversations = request.app.runtime.conversations
+    record = await conversations.get(response_id)
+    if record is None:
+        err = NotFound(f"Response with id '{response_id}' not found.")
+        err.code = "response_not_found"
+        raise err
+    if request.method == "DELETE":
+        await conversations.delete(response_id)
+        body: Any = {"id": response_id, "object": "response", "deleted": True}
+    else:
+        body = record["response"]
+    return Reply(200, json.dumps(body, ensure_ascii=False).encode(), None, "application/json")
