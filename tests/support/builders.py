@@ -90,11 +90,7 @@ def completion(text: str, prompt: int = 3, completion_tokens: int = 2) -> bytes:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-        },
+        "usage": usage(prompt, completion_tokens),
     }
     return json.dumps(obj, separators=(",", ":")).encode()
 
