@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from support.http_proxies import scripted_proxy, tinyproxy
+from support.logs import captured_logs, debug_log_output, log_output
 from support.redis_replicas import redis_server, replicas
 from support.seamline import proxied, seamline
 from support.tls import tls_files
@@ -17,6 +18,9 @@ from support.upstream import make_upstream, raw_upstream, upstream
 from support.wire_client import wire_client
 
 __all__ = [
+    "captured_logs",
+    "debug_log_output",
+    "log_output",
     "make_upstream",
     "proxied",
     "raw_upstream",

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +25,6 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 from pytest_aiohttp import AiohttpServer
 
-from proxy import logs
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.store import MemoryStore, Persister
 from support.builders import (
@@ -53,6 +52,7 @@ from support.clients import (
     request_body,
     text_of,
 )
+from support.logs import log_lines
 from support.ports import closed_port_url
 from support.seamline import StartSeamline, start_seamline
 from support.upstream import MakeUpstream, Upstream, counts, fail, ok
@@ -106,21 +106,6 @@ async def until_released(base: str, name: str) -> None:
         return bool((await accounts(base))[name]["in_flight"] == 0)
 
     await until(released)
-
-
-# -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure(json_lines=True, stream=out)
-    yield out
-    logs.configure(json_lines=False, stream=io.StringIO())
-
-
-def log_lines(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 
 # -- 1. failover before the first byte ----------------------------------------------------
@@ -502,7 +487,7 @@ async def test_quota_answer_takes_the_account_out_until_the_reset(
 
 
 async def test_401_disables_an_api_key_account_and_logs_it_once(
-    make_upstream: MakeUpstream, seamline: StartSeamline, captured: io.StringIO
+    make_upstream: MakeUpstream, seamline: StartSeamline, log_output: io.StringIO
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
     fail(a, 401, delay_headers=0.2)  # both requests reach A before its answer
@@ -511,11 +496,11 @@ async def test_401_disables_an_api_key_account_and_logs_it_once(
     assert list(await asyncio.gather(ask(base), ask(base))) == ["from B", "from B"]
     assert await ask(base) == "from B"
     assert counts(a, b) == [2, 3]
-    disabled = [ln for ln in log_lines(captured) if ln["event"] == "account_disabled"]
+    disabled = [ln for ln in log_lines(log_output) if ln["event"] == "account_disabled"]
     assert len(disabled) == 1
     assert disabled[0]["level"] == "error"
     assert disabled[0]["account"] == "A"
-    assert key_of("A") not in captured.getvalue()
+    assert key_of("A") not in log_output.getvalue()
     row = (await accounts(base))["A"]
     assert row["state"] == "disabled"
     assert "401" in row["disabled"]

@@ -7,14 +7,13 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from structlog.testing import capture_logs
 
 from proxy.config import parse
 from proxy.config.egress import ProxyURL, parse_proxy
@@ -323,13 +322,6 @@ async def test_seamline_reaches_an_https_upstream_through_tinyproxys_connect_tun
     assert f"CONNECT localhost:{tls.port} HTTP/1.1" in tp.log()
     assert len(tls.headers) == 1
     assert "Proxy-Authorization" not in tls.headers[0]  # it went on the CONNECT only
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every event logged, as the call sites made it (before redaction)."""
-    with capture_logs() as events:
-        yield events
 
 
 @pytest.mark.parametrize(

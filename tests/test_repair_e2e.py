@@ -21,7 +21,6 @@ import openai
 import pytest
 from multidict import CIMultiDictProxy
 
-from proxy import logs
 from support.builders import (
     DONE,
     FILL_FIRST,
@@ -37,6 +36,7 @@ from support.builders import (
     usage_chunk,
 )
 from support.clients import client, collect, text_of
+from support.logs import log_lines
 from support.seamline import StartSeamline
 from support.upstream import Upstream
 
@@ -881,20 +881,6 @@ async def test_total_timeout_message_names_the_total_timeout(
 # --- logs: non-JSON payloads and every repair kind -----------------------------------
 
 
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """JSON log lines with DEBUG_STREAMING on, as the server writes them."""
-    monkeypatch.setenv("DEBUG_STREAMING", "true")
-    out = io.StringIO()
-    logs.configure(json_lines=True, stream=out)
-    yield out
-    logs.configure(json_lines=False, stream=io.StringIO())
-
-
-def log_lines(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
-
-
 async def summary(out: io.StringIO) -> dict[str, Any]:
     """The one request summary line; it is written just after the response ends."""
     for _ in range(100):
@@ -907,14 +893,14 @@ async def summary(out: io.StringIO) -> dict[str, Any]:
 
 
 async def test_non_json_payload_is_forwarded_unchanged_and_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO
 ) -> None:
     raw = event(chunk("a")) + b"data: hello world\n\n" + event(FIN) + DONE
     upstream.script(raw)
     status, _, body = await raw_post(proxied)
     assert status == 200
     assert body == raw
-    assert (await summary(captured))["repairs"] == {"non_json_payload": 1}
+    assert (await summary(debug_log_output))["repairs"] == {"non_json_payload": 1}
 
 
 REPAIRS: dict[str, tuple[list[bytes], bool]] = {
@@ -935,7 +921,7 @@ REPAIRS: dict[str, tuple[list[bytes], bool]] = {
 
 @pytest.mark.parametrize("kind", [*sorted(REPAIRS), "json_to_stream"])
 async def test_every_repair_is_traced_and_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO, kind: str
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO, kind: str
 ) -> None:
     if kind == "json_to_stream":
         upstream.script(compact(COMPLETION), content_type="application/json")
@@ -945,15 +931,15 @@ async def test_every_repair_is_traced_and_counted(
         upstream.script(*pieces)
     status, _, _ = await raw_post(proxied, {**BODY, "stream": stream})
     assert status in (200, 502)
-    s = await summary(captured)
+    s = await summary(debug_log_output)
     assert s["repairs"].get(kind, 0) >= 1, s
-    traced = [ln for ln in log_lines(captured) if ln["event"] == "repair"]
+    traced = [ln for ln in log_lines(debug_log_output) if ln["event"] == "repair"]
     assert kind in {ln["kind"] for ln in traced}
     assert all(ln["request_id"] == s["request_id"] for ln in traced)
 
 
 async def test_repairs_inside_an_aggregated_stream_are_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO
 ) -> None:
     upstream.script(glue(chunk("a"), FIN))
     async with client(proxied) as c:
@@ -961,7 +947,7 @@ async def test_repairs_inside_an_aggregated_stream_are_counted(
             model="m", messages=[{"role": "user", "content": "x"}]
         )
     assert res.choices[0].message.content == "a"
-    s = await summary(captured)
+    s = await summary(debug_log_output)
     assert s["repairs"] == {"stream_aggregated": 1, "glued_events_split": 1, "done_appended": 1}
-    kinds = {ln["kind"] for ln in log_lines(captured) if ln["event"] == "repair"}
+    kinds = {ln["kind"] for ln in log_lines(debug_log_output) if ln["event"] == "repair"}
     assert kinds == set(s["repairs"])
