@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from broken_upstreams import SCENARIOS, Scenario
 from multidict import CIMultiDictProxy
 
 from support.builders import (
@@ -38,7 +39,7 @@ from support.builders import (
 from support.clients import client, collect, text_of
 from support.logs import log_lines
 from support.seamline import StartSeamline
-from support.upstream import Upstream
+from support.upstream import Upstream, play
 
 FIN = chunk(finish="stop")
 BODY: dict[str, Any] = {
@@ -104,6 +105,21 @@ def only(up: Upstream, *pieces: bytes, **kw: Any) -> None:
     """Make these pieces the upstream's answer to every request from now on."""
     up.scripts.clear()
     up.script(*pieces, **kw)
+
+
+# --- the demo's broken upstreams -----------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=list(SCENARIOS))
+async def test_every_broken_upstream_of_the_demo_reads_whole_or_ends_in_an_error(
+    upstream: Upstream, proxied: str, scenario: Scenario
+) -> None:
+    play(upstream, scenario)
+    if scenario.through is None:
+        with pytest.raises(openai.APIError, match="upstream stream ended"):
+            await collect(proxied)
+    else:
+        assert text_of(await collect(proxied)) == scenario.through
 
 
 # --- glued events --------------------------------------------------------------------

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from support.builders import OK, completion, error_body, key_of, sse_stream
+
+if TYPE_CHECKING:  # scripts/ is on pytest's path, not on that of support.hostile_upstreams
+    from broken_upstreams import Scenario
 
 # -- scripted answers over aiohttp ----------------------------------------------------
 
@@ -129,6 +132,11 @@ def fail(up: Upstream, status: int, body: bytes | None = None, **kw: Any) -> Non
     """Script an error answer; by default its body echoes the account's key, as some do."""
     body = body if body is not None else error_body(f"failed {status}: {key_of('A')}")
     up.script(body, status=status, content_type="application/json", **kw)
+
+
+def play(up: Upstream, scenario: Scenario) -> Script:
+    """Script one of the demo's broken upstreams: its bytes, in its small reads."""
+    return up.script(*scenario.reads(), content_type=scenario.content_type, pause=0)
 
 
 def counts(*ups: Upstream) -> list[int]:
