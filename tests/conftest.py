@@ -6,6 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+# ``hypothesis`` is imported up front: its pytest plugin otherwise imports its settings
+# at the session's end, and on CPython 3.11 compiling them there, after the Agents SDK
+# ran, fails with "AST constructor recursion depth mismatch" (a run of only the tests
+# that use neither).
+import hypothesis  # noqa: F401
 import pytest
 import uvloop
 
