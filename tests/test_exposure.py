@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_failover import completion
-from test_ops import raw_request, root
 
-from conftest import Reply, StartSeamline, Upstream, config_text, sse_stream
+from support.builders import completion, config_text, key_of, sse_stream
+from support.clients import Reply, raw_request, root
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
-KEY = "sk-test-acc1-secret"  # the account's key, as config_text spells it
+KEY = key_of("acc1")  # the account's key
 
 # Headers a LiteLLM proxy, a gateway or a careless upstream adds to every answer.
 NOISY = {

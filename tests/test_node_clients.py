@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Upstream, chunk
+from support.builders import DONE, chunk, event, usage_chunk
+from support.upstream import Upstream
 
 NODE_DIR = Path(__file__).parent / "node"
 # CI sets this, so that a missing Node fails instead of skipping.
@@ -47,17 +48,10 @@ async def run(node: str, scenario: str, base_url: str) -> Any:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-USAGE = {
-    "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-}  # fmt: skip
-
-
 def answer(*words: str) -> list[bytes]:
-    out = [b"data: " + chunk(w) + b"\n\n" for w in words]
-    out.append(b"data: " + chunk(finish="stop") + b"\n\n")
-    out.append(b"data: " + json.dumps(USAGE).encode() + b"\n\n")
-    return [*out, b"data: [DONE]\n\n"]
+    """A chat stream of ``words`` with its usage chunk (5 prompt tokens, 2 completion)."""
+    out = [event(chunk(w)) for w in words]
+    return [*out, event(chunk(finish="stop")), event(usage_chunk(5, 2)), DONE]
 
 
 async def test_a_responses_stream(node: str, upstream: Upstream, proxied: str) -> None:
@@ -86,7 +80,7 @@ async def test_a_whole_response(node: str, upstream: Upstream, proxied: str) -> 
 
 
 async def test_a_cut_stream_is_no_completion(node: str, upstream: Upstream, proxied: str) -> None:
-    upstream.script(b"data: " + chunk("cut ") + b"\n\n", ending="reset")
+    upstream.script(event(chunk("cut ")), ending="reset")
     got = (await run(node, "responsesStream", proxied))["ok"]
     assert "response.completed" not in got["types"]
     assert got["status"] == "failed"
