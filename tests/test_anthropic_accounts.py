@@ -11,7 +11,10 @@ import anthropic
 import openai
 import pytest
 
-from conftest import StartSeamline, Upstream, client, make_upstream_app, sse_stream
+from support.builders import account, config_text, sse_stream
+from support.clients import client
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream
 
 HI: Any = [{"role": "user", "content": "hi"}]
 
@@ -53,22 +56,14 @@ def stream(*words: str) -> list[bytes]:
 
 
 def conf(*accounts: tuple[str, str, str]) -> str:
-    text = '[server]\nport = 0\n[state]\npath = ":memory:"\n[routing]\nstrategy = "fill_first"\n'
-    for name, url, kind in accounts:
-        text += f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\nkind = "{kind}"\n'
-        text += f'api_key = "sk-test-{name}-secret"\n'
-    return text
+    """A fill-first config of these accounts: (name, url, kind)."""
+    head = config_text(extra='[routing]\nstrategy = "fill_first"')
+    return head + "".join(account(name, url, kind=kind) for name, url, kind in accounts)
 
 
 @pytest.fixture
-async def ups(aiohttp_server: Any) -> list[Upstream]:
-    out = []
-    for _ in range(2):
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        out.append(up)
-    return out
+async def ups(make_upstream: MakeUpstream) -> list[Upstream]:
+    return [await make_upstream(), await make_upstream()]
 
 
 @pytest.fixture

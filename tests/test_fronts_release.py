@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import StartSeamline, Upstream, chunk, config_text
+from support.builders import chunk, config_text
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
 ADMIN = "admin-secret-key"
 HI = [{"role": "user", "content": "hi"}]

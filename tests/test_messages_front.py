@@ -10,39 +10,31 @@ import aiohttp
 import anthropic
 import pytest
 
-from conftest import StartSeamline, Upstream, chunk, config_text
+from support.builders import (
+    DONE,
+    chunk,
+    chunk_object,
+    compact,
+    config_text,
+    event,
+    repaired_quirks,
+    usage,
+)
+from support.clients import root
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
-USAGE = {
-    "prompt_tokens": 20,
-    "completion_tokens": 6,
-    "total_tokens": 26,
-    "prompt_tokens_details": {"cached_tokens": 8},
-}
-
-
-def _event(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
-
-
-def _usage_chunk() -> bytes:
-    obj = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-           "choices": [], "usage": USAGE}  # fmt: skip
-    return json.dumps(obj).encode()
+USAGE = usage(20, 6, cached=8)
 
 
 def answer(*words: str, finish: str = "stop") -> list[bytes]:
-    out = [_event(chunk(w)) for w in words]
-    return [*out, _event(chunk(finish=finish)), _event(_usage_chunk()), b"data: [DONE]\n\n"]
+    out = [event(chunk(w)) for w in words]
+    usage_event = event(chunk(choices=[], usage=USAGE))
+    return [*out, event(chunk(finish=finish)), usage_event, DONE]
 
 
 def delta(**fields: Any) -> bytes:
-    obj = json.loads(chunk())
-    obj["choices"][0]["delta"] = fields
-    return json.dumps(obj).encode()
-
-
-def root(base: str) -> str:
-    return base.removesuffix("/v1")
+    return compact(chunk_object(fields))
 
 
 def claude(base: str, key: str = "client-key") -> anthropic.AsyncAnthropic:
@@ -99,10 +91,10 @@ async def test_a_tool_use_round_trip(upstream: Upstream, proxied: str) -> None:
     call = {"index": 0, "id": "call_7", "type": "function",
             "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
     upstream.script(
-        _event(delta(tool_calls=[call])),
-        _event(delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city":'}}])),
-        _event(delta(tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}])),
-        _event(chunk(finish="tool_calls")),
+        event(delta(tool_calls=[call])),
+        event(delta(tool_calls=[{"index": 0, "function": {"arguments": '{"city":'}}])),
+        event(delta(tool_calls=[{"index": 0, "function": {"arguments": '"Paris"}'}}])),
+        event(chunk(finish="tool_calls")),
         b"data: [DONE]\n\n",
     )
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
@@ -136,8 +128,8 @@ async def test_reasoning_is_a_thinking_block_closed_before_the_text(
     upstream: Upstream, proxied: str
 ) -> None:
     upstream.script(
-        _event(delta(reasoning_content="Let me ")),
-        _event(delta(reasoning_content="think.")),
+        event(delta(reasoning_content="Let me ")),
+        event(delta(reasoning_content="think.")),
         *answer("Answer."),
     )
     async with claude(proxied) as c, c.messages.stream(
@@ -154,15 +146,15 @@ async def test_reasoning_is_a_thinking_block_closed_before_the_text(
 async def test_a_cut_stream_is_an_error_event_never_message_stop(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(_event(chunk("partial")), ending="reset")
+    upstream.script(event(chunk("partial")), ending="reset")
     kinds: list[str] = []
     async with (
         claude(proxied) as c,
         c.messages.stream(model="m", max_tokens=64, messages=HI) as stream,
     ):
         with pytest.raises(anthropic.APIStatusError) as caught:
-            async for event in stream:
-                kinds.append(event.type)
+            async for ev in stream:
+                kinds.append(ev.type)
     assert "message_stop" not in kinds
     assert "content_block_delta" in kinds
     body: Any = caught.value.body
@@ -173,7 +165,7 @@ async def test_an_error_before_content_fails_over_unseen(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
     base = await seamline(config_text(("a", upstream.url), ("b", upstream.url)))
-    upstream.script(_event(b'{"error":{"message":"overloaded now","code":"overloaded"}}'))
+    upstream.script(event(b'{"error":{"message":"overloaded now","code":"overloaded"}}'))
     upstream.script(*answer("from b"))
     async with (
         claude(base) as c,
@@ -252,7 +244,7 @@ async def test_count_tokens_is_an_estimate_that_grows_with_the_text(
 
 async def test_heartbeats_are_anthropic_pings(upstream: Upstream, seamline: StartSeamline) -> None:
     base = await seamline(config_text(("a", upstream.url), server="heartbeat_s = 0.05"))
-    upstream.script(_event(chunk("slow")), *answer(" answer"), pause=0.2)
+    upstream.script(event(chunk("slow")), *answer(" answer"), pause=0.2)
     async with aiohttp.ClientSession() as s:
         body = {"model": "m", "max_tokens": 8, "messages": HI, "stream": True}
         async with s.post(base + "/messages", json=body) as r:
@@ -262,28 +254,14 @@ async def test_heartbeats_are_anthropic_pings(upstream: Upstream, seamline: Star
     assert raw.rstrip().endswith(b'{"type":"message_stop"}')
 
 
-def _quirks() -> dict[str, list[bytes]]:
-    """Upstream streams the chat route repairs, each meaning "Hello" with usage."""
-    payloads = [chunk("Hel"), chunk("lo"), chunk(finish="stop"), _usage_chunk()]
-    lf = b"".join(b"data: " + p + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
-    return {
-        "lf": [lf],
-        "crlf": [lf.replace(b"\n", b"\r\n")],
-        "cr_only": [lf.replace(b"\n", b"\r")],
-        "bom": [b"\xef\xbb\xbf" + lf],
-        "split_every_byte": [lf[i : i + 1] for i in range(len(lf))],
-        "glued_events": [b"".join(b"data: " + p + b"\n" for p in payloads) + b"\n"],
-        "no_done": [lf.removesuffix(b"data: [DONE]\n\n")],
-        "no_space_after_colon": [lf.replace(b"data: ", b"data:")],
-        "comments_and_pings": [b": keep-alive\n\nevent: ping\ndata: {}\n\n" + lf],
-    }
+QUIRKS = repaired_quirks(USAGE)
 
 
-@pytest.mark.parametrize("quirk", sorted(_quirks()))
+@pytest.mark.parametrize("quirk", sorted(QUIRKS))
 async def test_every_quirk_the_chat_route_repairs_gives_the_meant_message(
     upstream: Upstream, proxied: str, quirk: str
 ) -> None:
-    upstream.script(*_quirks()[quirk], pause=0)
+    upstream.script(*QUIRKS[quirk], pause=0)
     async with (
         claude(proxied) as c,
         c.messages.stream(model="m", max_tokens=64, messages=HI) as stream,

@@ -17,6 +17,7 @@ from support.builders import (
     compact,
     config_text,
     event,
+    repaired_quirks,
     usage,
 )
 from support.clients import client
@@ -323,32 +324,14 @@ async def test_an_unknown_stored_id_is_an_openai_404(proxied: str) -> None:
     assert body["error"]["code"] == "response_not_found"
 
 
-def _quirks() -> dict[str, list[bytes]]:
-    """Upstream streams the chat route repairs, each meaning "Hello" with usage."""
-    payloads = [chunk("Hel"), chunk("lo"), chunk(finish="stop")]
-    usage = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
-                        "model": "m", "choices": [], "usage": USAGE}).encode()  # fmt: skip
-    payloads.append(usage)
-    lf = b"".join(b"data: " + p + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
-    return {
-        "lf": [lf],
-        "crlf": [lf.replace(b"\n", b"\r\n")],
-        "cr_only": [lf.replace(b"\n", b"\r")],
-        "bom": [b"\xef\xbb\xbf" + lf],
-        "split_every_byte": [lf[i : i + 1] for i in range(len(lf))],
-        # No blank line between events: one event of several data lines.
-        "glued_events": [b"".join(b"data: " + p + b"\n" for p in payloads) + b"\n"],
-        "no_done": [lf.removesuffix(b"data: [DONE]\n\n")],
-        "no_space_after_colon": [lf.replace(b"data: ", b"data:")],
-        "comments_and_pings": [b": keep-alive\n\nevent: ping\ndata: {}\n\n" + lf],
-    }
+QUIRKS = repaired_quirks(USAGE)
 
 
-@pytest.mark.parametrize("quirk", sorted(_quirks()))
+@pytest.mark.parametrize("quirk", sorted(QUIRKS))
 async def test_every_quirk_the_chat_route_repairs_gives_the_meant_response(
     upstream: Upstream, proxied: str, quirk: str
 ) -> None:
-    upstream.script(*_quirks()[quirk], pause=0)
+    upstream.script(*QUIRKS[quirk], pause=0)
     events = await _events(proxied, input="hi")
     assert events[-1].type == "response.completed"
     final = events[-1].response

@@ -61,6 +61,30 @@ def usage_chunk(prompt: int, completion: int) -> bytes:
     return chunk(choices=[], usage=usage(prompt, completion))
 
 
+def repaired_quirks(chat_usage: dict[str, Any]) -> dict[str, list[bytes]]:
+    """Upstream streams the chat route repairs, by name, each meaning "Hello" with
+    ``chat_usage``: what every translating front must read as the chat route does."""
+    payloads = [
+        chunk("Hel"),
+        chunk("lo"),
+        chunk(finish="stop"),
+        chunk(choices=[], usage=chat_usage),
+    ]
+    lf = b"".join(event(p) for p in payloads) + DONE
+    return {
+        "lf": [lf],
+        "crlf": [lf.replace(b"\n", b"\r\n")],
+        "cr_only": [lf.replace(b"\n", b"\r")],
+        "bom": [b"\xef\xbb\xbf" + lf],
+        "split_every_byte": [lf[i : i + 1] for i in range(len(lf))],
+        # No blank line between events: one event of several data lines.
+        "glued_events": [b"".join(b"data: " + p + b"\n" for p in payloads) + b"\n"],
+        "no_done": [lf.removesuffix(DONE)],
+        "no_space_after_colon": [lf.replace(b"data: ", b"data:")],
+        "comments_and_pings": [b": keep-alive\n\nevent: ping\ndata: {}\n\n" + lf],
+    }
+
+
 def sse_stream(*contents: str, done: bool = True) -> list[bytes]:
     """A well-formed chat stream: one event per content piece, a finish, [DONE]."""
     out = [event(chunk(c)) for c in contents]
