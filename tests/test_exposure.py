@@ -220,3 +220,22 @@ async def test_ordinary_encoded_paths_still_pass(
     reply = await raw_request(root(base), b"GET /v1/models/org%2Fqwen-2.5%20max")
     assert reply.status == 200
     assert upstream.requests[0]["path"] == "/v1/models/org%2Fqwen-2.5%20max"
+
+
+async def test_no_answer_names_the_software_versions_it_runs_on(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    base = await seamline(config_text(("a", upstream.url)))
+    upstream.script(*sse_stream("hi"))
+    body = b'{"model":"m","stream":true,"messages":[]}'
+    at = root(base)
+    answers = [
+        await raw_request(at, b"POST /v1/chat/completions", body),  # a stream
+        await raw_request(at, b"GET /healthz"),  # a whole answer
+        await raw_request(at, b"GET /nowhere"),  # seamline's error
+        await raw_request(at, b"GET /healthz", b"", b"X: \x01"),  # aiohttp's own refusal
+    ]
+    assert [r.status for r in answers] == [200, 200, 404, 400]
+    for reply in answers:
+        assert reply.headers.get("server") == "seamline", reply
+        assert b"aiohttp" not in reply.body and b"Python" not in reply.body
