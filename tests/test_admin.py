@@ -8,15 +8,19 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from admin_support import (
-    ADMIN_KEY,
+from structlog.testing import capture_logs
+
+from proxy import config as cfg
+from proxy.gateway.app import start
+from proxy.gateway.runtime import reload
+from proxy.pool.accounts import Limits, Pool
+from support.admin import (
     CLIENT_KEYS,
     MakePair,
-    accounts,
+    account_rows,
     admin,
     admin_headers,
     answer,
@@ -24,17 +28,12 @@ from admin_support import (
     config,
     fetch,
     fingerprint,
-    key_of,
     pair,
     rate_limit,
 )
-from structlog.testing import capture_logs
-
-from conftest import StartSeamline, Upstream, chunk, make_upstream_app
-from proxy import config as cfg
-from proxy.gateway.app import start
-from proxy.gateway.runtime import reload
-from proxy.pool.accounts import Limits, Pool
+from support.builders import ADMIN_KEY, chunk, key_of
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream
 
 __all__ = ["pair"]  # a fixture, imported to be found by pytest
 
@@ -71,7 +70,7 @@ async def test_reset_clears_a_cooldown_and_the_next_request_goes_to_the_account(
     answer(p.a, "from A")
     first = await chat(p.base)
     assert first.status == 200 and first.json()["choices"][0]["message"]["content"] == "ok"
-    row = (await accounts(p.root))["A"]
+    row = (await account_rows(p.root))["A"]
     assert row["state"] == "rate_limited" and row["cooling_down_until"] is not None
     # Still parked: fill_first would take A first if it could.
     assert (await chat(p.base)).json()["choices"][0]["message"]["content"] == "ok"
@@ -97,12 +96,12 @@ async def test_reset_clears_quota_exhaustion_and_an_open_circuit(pair: MakePair)
     await chat(p.base)  # A: out of quota; B: a 500
     for _ in range(2):
         await chat(p.base)  # B: two more 500s open its circuit
-    rows = await accounts(p.root)
+    rows = await account_rows(p.root)
     assert rows["A"]["state"] == "quota_exhausted" and rows["A"]["quota_exhausted_until"]
     assert rows["B"]["circuit_open_until"] is not None
     for name in ("A", "B"):
         assert (await admin("POST", p.root, f"/admin/accounts/{name}/reset")).status == 200
-    rows = await accounts(p.root)
+    rows = await account_rows(p.root)
     assert [rows[n]["state"] for n in ("A", "B")] == ["available", "available"]
     assert rows["A"]["quota_exhausted_until"] is None and rows["B"]["circuits_open"] == {}
 
@@ -126,10 +125,9 @@ async def test_disable_with_a_reason_then_enable_and_the_requests_follow(
 
 
 async def test_an_operators_disable_survives_a_config_reload(
-    tmp_path: Path, aiohttp_server: Any
+    tmp_path: Path, make_upstream: MakeUpstream
 ) -> None:
-    up = Upstream(url="", scripts=[])
-    up.url = str((await aiohttp_server(make_upstream_app(up))).make_url("/v1"))
+    up = await make_upstream()
     answer(up, "ok")
     path = tmp_path / "seamline.toml"
     path.write_text(config(("A", up.url), ("B", up.url)))
@@ -138,7 +136,7 @@ async def test_an_operators_disable_survives_a_config_reload(
         root = f"http://127.0.0.1:{runner.addresses[0][1]}"
         await admin("POST", root, "/admin/accounts/A/disable", {"reason": "provider down"})
         assert reload(runner.app.runtime, str(path))
-        assert (await accounts(root))["A"]["disabled"] == "by an operator: provider down"
+        assert (await account_rows(root))["A"]["disabled"] == "by an operator: provider down"
     finally:
         await runner.cleanup()
 
@@ -200,7 +198,7 @@ async def test_the_admin_api_needs_the_admin_key(pair: MakePair, path: str, meth
         reply = await fetch(method, p.root + path, headers=headers)
         assert reply.status == 401, headers
         assert reply.json()["error"]["code"] == "invalid_api_key"
-    assert (await accounts(p.root))["A"]["state"] == "available"
+    assert (await account_rows(p.root))["A"]["state"] == "available"
 
 
 async def test_without_an_admin_key_the_page_and_the_api_are_off(
@@ -242,7 +240,7 @@ async def test_an_account_name_with_a_slash_and_a_space_is_found(
     reply = await admin("POST", root, "/admin/accounts/team%20a%2Fqwen%201/disable")
     assert reply.status == 200, reply.body
     assert reply.json()["account"]["name"] == "team a/qwen 1"
-    assert (await accounts(root))["team a/qwen 1"]["state"] == "disabled"
+    assert (await account_rows(root))["team a/qwen 1"]["state"] == "disabled"
 
 
 # -- what is in flight ----------------------------------------------------------------------
@@ -299,7 +297,7 @@ async def test_streams_in_flight_show_ids_and_counts_never_a_body_or_a_secret(
 async def test_usage_counts_requests_and_tokens_per_account_and_per_client_key(
     pair: MakePair,
 ) -> None:
-    p = await pair(server=f"api_keys = {json.dumps(list(CLIENT_KEYS))}")
+    p = await pair(api_keys=CLIENT_KEYS)
     one, two = CLIENT_KEYS
     for _ in range(2):
         assert (await chat(p.base, one)).status == 200  # to A (fill_first)

@@ -3,7 +3,6 @@ real seamline and scripted upstreams: what an operator sees and does."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -13,26 +12,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import demo_admin
 import pytest
-from admin_support import (
-    ADMIN_KEY,
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from support.admin import (
     CLIENT_KEYS,
     MakePair,
     Pair,
-    accounts,
+    account_rows,
     answer,
     chat,
     fingerprint,
     pair,
     rate_limit,
 )
-from playwright.async_api import Browser, Page, async_playwright, expect
-
-from conftest import chunk
+from support.builders import ADMIN_KEY, chunk
 
 __all__ = ["pair"]  # a fixture, imported to be found by pytest
 
-DEMO = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
 # CI installs Debian's chromium, and sets this so a missing browser fails instead of skipping.
 REQUIRE = "SEAMLINE_REQUIRE_BROWSER"
 
@@ -122,7 +120,7 @@ async def test_a_429_shows_its_countdown_and_reset_clears_it_and_the_next_reques
     await expect(a.locator(".state")).to_have_text("\u2713 available")
     await expect(a.locator(".countdown")).to_have_count(0)
     await expect(page.locator("#notice")).to_have_text("A: reset.")
-    assert (await accounts(p.root))["A"]["cooling_down_until"] is None
+    assert (await account_rows(p.root))["A"]["cooling_down_until"] is None
     assert (await chat(p.base)).json()["choices"][0]["message"]["content"] == "from A"
     assert seen.errors == []
 
@@ -180,7 +178,7 @@ async def test_disable_with_a_reason_then_enable_from_the_page(
     await page.click("#disable-confirm")
     await expect(b.locator(".state")).to_contain_text("\u2298 disabled")
     await expect(b.locator(".reason")).to_have_text("by an operator: provider down")
-    assert (await accounts(p.root))["B"]["state"] == "disabled"
+    assert (await account_rows(p.root))["B"]["state"] == "disabled"
 
     await b.get_by_role("button", name="Enable B").click()
     await expect(b.locator(".state")).to_have_text("\u2713 available")
@@ -244,12 +242,8 @@ async def test_streams_in_flight_and_usage_per_client_key_show_and_refresh(
 
 async def test_scripts_demo_admin_writes_the_screenshot_of_the_readme(tmp_path: Path) -> None:
     chromium()
-    spec = importlib.util.spec_from_file_location("seamline_demo", DEMO)
-    assert spec is not None and spec.loader is not None
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     shot = tmp_path / "admin.png"
-    await demo.admin_screenshot(str(shot))
+    await demo_admin.admin_screenshot(str(shot))
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
     width, height = struct.unpack(">II", data[16:24])

@@ -8,16 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from admin_support import ADMIN_KEY, admin, answer, fetch, fingerprint, key_of, rate_limit
-from replicas import RedisServer, Replica, redis_server, replicas, start_replica
-
-from conftest import Upstream
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.redis_link import RedisLink
 from proxy.state.redis_store import RedisStore
 from proxy.state.shared import SharedPool
-
-__all__ = ["redis_server", "replicas"]  # fixtures, imported to be found by pytest
+from support.admin import admin, answer, fetch, fingerprint, rate_limit
+from support.builders import ADMIN_KEY, key_of
+from support.redis_replicas import RedisServer, Replica, start_replica
+from support.upstream import Upstream
 
 
 async def state_of(replica: Replica, name: str) -> dict[str, Any]:

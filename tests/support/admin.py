@@ -1,5 +1,5 @@
-"""What the admin tests share: two scripted upstreams behind one seamline with an admin key,
-and the admin endpoints as a client calls them."""
+"""The admin tests' world: two scripted accounts behind one seamline with an admin key
+(``pair``), and the admin endpoints as a client calls them."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import Reply, StartSeamline, Upstream, make_upstream_app
+from support.builders import ADMIN_KEY, FILL_FIRST, account, completion, conf, toml
+from support.clients import Reply
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream
 
-ADMIN_KEY = "admin-key-5b0e9d-secret"
 CLIENT_KEYS = ("client-key-one-4f1a", "client-key-two-8c2e")
 RETRY_AFTER = 600
-
-
-def key_of(name: str) -> str:
-    return f"sk-test-{name}-secret"
 
 
 def fingerprint(secret: str) -> str:
@@ -29,26 +27,8 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
-def completion(text: str, prompt: int = 3, completion_tokens: int = 2) -> bytes:
-    """A non-streamed chat.completion with usage."""
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-        },
-    }
-    return json.dumps(obj).encode()
-
-
 def answer(up: Upstream, text: str) -> None:
+    """Script a JSON completion of ``text`` with usage (3 prompt, 2 completion tokens)."""
     up.script(completion(text), content_type="application/json")
 
 
@@ -63,15 +43,11 @@ def rate_limit(up: Upstream) -> None:
     )
 
 
-def config(*accounts: tuple[str, str], server: str = "", strategy: str = "fill_first") -> str:
-    """fill_first: a request goes to the first account that can take it, so a test can tell
-    where the next one goes."""
-    text = f"[server]\nport = 0\nadmin_key = {json.dumps(ADMIN_KEY)}\n{server}\n"
-    text += f'[routing]\nstrategy = "{strategy}"\n[state]\npath = ":memory:"\n'
-    for name, url in accounts:
-        text += f"[[accounts]]\nname = {json.dumps(name)}\nbase_url = {json.dumps(url)}\n"
-        text += f"api_key = {json.dumps(key_of(name))}\n"
-    return text
+def config(*accounts: tuple[str, str], server: str = "") -> str:
+    """The admin key, fill_first (a request goes to the first account that can take it, so
+    a test can tell where the next one goes), these accounts and ``server`` options."""
+    text = conf(*(account(name, url) for name, url in accounts), routing=FILL_FIRST)
+    return text.replace("[server]\n", f"[server]\n{server}\n", 1)
 
 
 @dataclass
@@ -91,16 +67,15 @@ MakePair = Callable[..., Awaitable[Pair]]
 
 
 @pytest.fixture
-def pair(aiohttp_server: Any, seamline: StartSeamline) -> MakePair:
-    async def make(server: str = "") -> Pair:
-        ups = []
-        for _ in range(2):
-            up = Upstream(url="", scripts=[])
-            srv = await aiohttp_server(make_upstream_app(up))
-            up.url = str(srv.make_url("/v1"))
+def pair(make_upstream: MakeUpstream, seamline: StartSeamline) -> MakePair:
+    """Start a Pair; both upstreams answer "ok" until a test scripts them otherwise.
+    ``api_keys``: the client keys seamline asks for (none: any)."""
+
+    async def make(api_keys: tuple[str, ...] = ()) -> Pair:
+        a, b = await make_upstream(), await make_upstream()
+        for up in (a, b):
             answer(up, "ok")
-            ups.append(up)
-        a, b = ups
+        server = toml(api_keys=list(api_keys)) if api_keys else ""
         base = await seamline(config(("A", a.url), ("B", b.url), server=server))
         return Pair(a, b, base)
 
@@ -122,11 +97,13 @@ def admin_headers(key: str = ADMIN_KEY) -> dict[str, str]:
 
 
 async def admin(method: str, root: str, path: str, body: Any = None) -> Reply:
+    """An admin endpoint with the admin key; ``body`` is sent as JSON."""
     data = json.dumps(body).encode() if body is not None else None
     return await fetch(method, root + path, data, admin_headers())
 
 
-async def accounts(root: str) -> dict[str, dict[str, Any]]:
+async def account_rows(root: str) -> dict[str, dict[str, Any]]:
+    """/admin/accounts, each row by its account's name."""
     reply = await admin("GET", root, "/admin/accounts")
     assert reply.status == 200, reply.body
     return {row["name"]: row for row in reply.json()["accounts"]}
