@@ -14,6 +14,8 @@ import hypothesis  # noqa: F401
 import pytest
 import uvloop
 
+from support.admin import pair
+from support.browser import browser
 from support.http_proxies import scripted_proxy, tinyproxy
 from support.logs import captured_logs, debug_log_output, log_output
 from support.redis_replicas import redis_server, replicas
@@ -23,10 +25,12 @@ from support.upstream import make_upstream, raw_upstream, upstream
 from support.wire_client import wire_client
 
 __all__ = [
+    "browser",
     "captured_logs",
     "debug_log_output",
     "log_output",
     "make_upstream",
+    "pair",
     "proxied",
     "raw_upstream",
     "redis_server",

@@ -28,15 +28,11 @@ from support.admin import (
     config,
     fetch,
     fingerprint,
-    pair,
     rate_limit,
 )
 from support.builders import ADMIN_KEY, chunk, key_of
 from support.seamline import StartSeamline
 from support.upstream import MakeUpstream, Upstream
-
-__all__ = ["pair"]  # a fixture, imported to be found by pytest
-
 
 # -- the pool: an operator's disable and enable -----------------------------------------
 

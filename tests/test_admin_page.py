@@ -3,18 +3,13 @@ real seamline and scripted upstreams: what an operator sees and does."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import struct
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import demo_admin
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from support.admin import (
     CLIENT_KEYS,
@@ -24,62 +19,10 @@ from support.admin import (
     answer,
     chat,
     fingerprint,
-    pair,
     rate_limit,
 )
+from support.browser import chromium, log_in, open_page
 from support.builders import ADMIN_KEY, chunk
-
-__all__ = ["pair"]  # a fixture, imported to be found by pytest
-
-# CI installs Debian's chromium, and sets this so a missing browser fails instead of skipping.
-REQUIRE = "SEAMLINE_REQUIRE_BROWSER"
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        reason = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get(REQUIRE):
-            pytest.fail(f"{reason}, and {REQUIRE} is set")
-        pytest.skip(reason)
-    return found
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    path = chromium()
-    # Chromium's sandbox refuses to start as root (CI runs as root).
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=path, args=args)
-        try:
-            yield b
-        finally:
-            await b.close()
-
-
-@dataclass
-class Seen:
-    """What the page did besides showing itself: console errors, requests."""
-
-    errors: list[str] = field(default_factory=list)
-    urls: list[str] = field(default_factory=list)
-
-
-async def open_page(browser: Browser, root: str, width: int = 1280) -> tuple[Page, Seen]:
-    context = await browser.new_context(viewport={"width": width, "height": 900})
-    page = await context.new_page()
-    seen = Seen()
-    page.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: seen.errors.append(str(e)))
-    page.on("request", lambda r: seen.urls.append(r.url))
-    await page.goto(root + "/admin")
-    return page, seen
-
-
-async def log_in(page: Page, key: str = ADMIN_KEY) -> None:
-    await page.fill("#key", key)
-    await page.click("#login-form button[type=submit]")
 
 
 async def test_the_page_loads_with_no_console_error_and_shows_the_accounts(

@@ -6,7 +6,8 @@ clients in front of seamline; ``seamline``: seamline started in process; ``logs`
 capture; ``wire_client``, ``tls``, ``http_proxies``, ``redis_replicas``: the real parts
 some tests run against; ``hostile_upstreams``: the corpus of hostile upstreams;
 ``anthropic_dialect``, ``responses_dialect``: the translators' builders and SDK judges;
-``admin``: two accounts behind one seamline with an admin key, and the admin API's client.
+``admin``: two accounts behind one seamline with an admin key, and the admin API's client;
+``browser``: Debian's chromium through Playwright, and the admin page opened in it.
 
 Test modules import from here; ``conftest.py`` only registers the fixtures.
 """
