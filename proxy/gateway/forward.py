@@ -5,7 +5,7 @@ from __future__ import annotations
 from proxy.core.openai import normalize_error
 from proxy.core.plan import ClientRequest, inspect_body, plan_request
 from proxy.gateway.answer import make_answer
-from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
+from proxy.gateway.attempt import FailedAnswer
 from proxy.gateway.context import Call
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.reply import Reply
@@ -49,13 +49,26 @@ async def forward(
         answer = await router.open(call)
         if isinstance(answer, FailedAnswer):
             return failed_reply(answer, outcome)
+        # This answer, relayed here rather than in a coroutine of its own: an open
+        # stream holds one frame less (about 0.3 KiB).
+        usage: tuple[int, int] | None = None
+        early: tuple[int, bytes] | None = None
+        completed = False
         streams.add(answer.response)
         try:
-            result = await _relay(request, router, answer, call)
+            result, usage, early = await make_answer(request, config, answer, call)
+            completed = True
         finally:
             streams.discard(answer.response)
-        if result is not None:
+            if early is None:
+                router.finish(answer, outcome, usage, completed)
+        if early is None:
             return result
+        # It failed before anything reached the client: another account may answer.
+        failover = router.early_error(answer, early[0], early[1], outcome)
+        if not (failover and router.may_retry(call)):
+            return result
+        outcome.error = None
 
 
 def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
@@ -67,26 +80,3 @@ def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
     data = normalize_error(redactor.scrub_known(answer.body))
     outcome.answered(answer.status, len(data))
     return Reply(answer.status, data, headers)
-
-
-async def _relay(
-    request: Request, router: Router, answer: UpstreamAnswer, call: Call
-) -> Reply | None:
-    """The client's answer from this upstream response; None when it failed before
-    anything reached the client and another account should take the request."""
-    usage: tuple[int, int] | None = None
-    early: tuple[int, bytes] | None = None
-    completed = False
-    try:
-        result, usage, early = await make_answer(request, router.config, answer, call)
-        completed = True
-    finally:
-        if early is None:
-            router.finish(answer, call.outcome, usage, completed)
-    if early is None:
-        return result
-    failover = router.early_error(answer, early[0], early[1], call.outcome)
-    if failover and router.may_retry(call):
-        call.outcome.error = None
-        return None
-    return result
