@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import hypothesis  # noqa: F401
 import openai
 import pytest
 import uvloop
 from aiohttp import web
 
 from proxy import config as cfg
+
+# ``hypothesis`` is imported up front: its pytest plugin otherwise imports its settings
+# at the session's end, and on CPython 3.11 compiling them there, after the Agents SDK
+# ran, fails with "AST constructor recursion depth mismatch" (a run of only the tests
+# that use neither).
 from proxy.gateway.app import Runner, start
 
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.config import (
     AccountConfig,
+    Api,
     Config,
     ConfigError,
     ServerConfig,
@@ -546,3 +547,10 @@ def test_a_bad_proxy_in_the_environment_is_one_line_naming_the_variable(name: st
     message = error(ACCOUNT, {name: "socks5h://u:s3cret@p:1080"})
     assert message.startswith(f"{PATH}: environment variable {name}: socks5h://")
     assert "s3cret" not in message
+
+
+def test_an_account_speaks_chat_unless_it_says_responses() -> None:
+    assert ok(ACCOUNT).accounts[0].api is Api.CHAT
+    assert ok(ACCOUNT + 'api = "responses"\n').accounts[0].api is Api.RESPONSES
+    message = error(ACCOUNT + 'api = "messages"\n')
+    assert message == (f"{PATH}: accounts[0].api: expected one of chat, responses, got 'messages'")

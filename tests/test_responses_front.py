@@ -281,6 +281,13 @@ async def test_hosted_tools_are_left_out_and_named_in_a_header(
     assert raw.headers["x-seamline-dropped-tools"] == "web_search"
     assert "tools" not in _sent(upstream)
     assert raw.parse().output_text == "ok"
+    async with client(proxied) as c:
+        streamed = await c.responses.with_raw_response.create(
+            model="m", input="hi", tools=[{"type": "web_search"}], stream=True
+        )
+        assert streamed.headers["x-seamline-dropped-tools"] == "web_search"
+        events = [e async for e in streamed.parse()]
+    assert events[-1].type == "response.completed"
 
 
 async def test_a_request_that_depends_on_a_hosted_tool_is_refused(
@@ -315,3 +322,57 @@ async def test_an_unknown_stored_id_is_an_openai_404(proxied: str) -> None:
         body = await r.json()
     assert r.status == 404
     assert body["error"]["code"] == "response_not_found"
+
+
+def _quirks() -> dict[str, list[bytes]]:
+    """Upstream streams the chat route repairs, each meaning "Hello" with usage."""
+    payloads = [chunk("Hel"), chunk("lo"), chunk(finish="stop")]
+    usage = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                        "model": "m", "choices": [], "usage": USAGE}).encode()  # fmt: skip
+    payloads.append(usage)
+    lf = b"".join(b"data: " + p + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
+    return {
+        "lf": [lf],
+        "crlf": [lf.replace(b"\n", b"\r\n")],
+        "cr_only": [lf.replace(b"\n", b"\r")],
+        "bom": [b"\xef\xbb\xbf" + lf],
+        "split_every_byte": [lf[i : i + 1] for i in range(len(lf))],
+        # No blank line between events: one event of several data lines.
+        "glued_events": [b"".join(b"data: " + p + b"\n" for p in payloads) + b"\n"],
+        "no_done": [lf.removesuffix(b"data: [DONE]\n\n")],
+        "no_space_after_colon": [lf.replace(b"data: ", b"data:")],
+        "comments_and_pings": [b": keep-alive\n\nevent: ping\ndata: {}\n\n" + lf],
+    }
+
+
+@pytest.mark.parametrize("quirk", sorted(_quirks()))
+async def test_every_quirk_the_chat_route_repairs_gives_the_meant_response(
+    upstream: Upstream, proxied: str, quirk: str
+) -> None:
+    upstream.script(*_quirks()[quirk], pause=0)
+    events = await _events(proxied, input="hi")
+    assert events[-1].type == "response.completed"
+    final = events[-1].response
+    assert final.output_text == "Hello"
+    assert final.usage.input_tokens == 11 and final.usage.output_tokens == 5
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+async def test_reasoning_comes_as_a_reasoning_item_before_the_answer(
+    upstream: Upstream, proxied: str
+) -> None:
+    thinking = [
+        chunk().replace(b'"delta":{}', b'"delta":{"reasoning_content":"' + w + b'"}')
+        for w in (b"Let me ", b"think.")
+    ]
+    upstream.script(*[_event(p) for p in thinking], *_usage_stream("Answer."))
+    events = await _events(proxied, input="hi", reasoning={"effort": "high"})
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "message"]
+    assert final.output_text == "Answer."
+    reasoning = "".join(
+        e.delta for e in events if e.type in ("response.reasoning_text.delta",
+                                             "response.reasoning_summary_text.delta")
+    )  # fmt: skip
+    assert reasoning == "Let me think."
+    assert _sent(upstream)["reasoning_effort"] == "high"

@@ -7,6 +7,7 @@ from .load import load, parse
 from .model import (
     REDIS_SCHEMES,
     AccountConfig,
+    Api,
     Backend,
     Config,
     ConfigError,
@@ -22,6 +23,7 @@ from .model import (
 __all__ = [
     "REDIS_SCHEMES",
     "AccountConfig",
+    "Api",
     "Backend",
     "Config",
     "ConfigError",

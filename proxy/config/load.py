@@ -15,6 +15,7 @@ from .egress import DIRECT, Setting, from_env, parse_proxy
 from .model import (
     REDIS_SCHEMES,
     AccountConfig,
+    Api,
     Backend,
     Config,
     ConfigError,
@@ -199,6 +200,7 @@ def _account(r: Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountCo
         api_key=api_key,
         headers=r.header_table("headers"),
         kind=kind,
+        api=r.choice("api", Api, Api.CHAT),
         credentials=credentials,
         token_url=token_url,
         device_url=device_url,

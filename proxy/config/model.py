@@ -56,6 +56,14 @@ class Kind(StrEnum):
     QWEN_OAUTH = "qwen-oauth"
 
 
+class Api(StrEnum):
+    """Which API an account's upstream speaks for conversations: chat completions, or
+    OpenAI's Responses API (each front's requests are translated to it)."""
+
+    CHAT = "chat"
+    RESPONSES = "responses"
+
+
 class Strategy(StrEnum):
     """How requests are spread over the accounts of a priority tier."""
 
@@ -72,6 +80,7 @@ class AccountConfig:
     api_key: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     kind: Kind = Kind.API_KEY
+    api: Api = Api.CHAT
     credentials: str = ""
     token_url: str = ""
     device_url: str = ""

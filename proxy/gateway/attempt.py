@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from proxy.config import AccountConfig, Config
+from proxy.config import AccountConfig, Api, Config
 from proxy.errors import (
     UpstreamConnectTimeout,
     UpstreamError,
@@ -102,8 +102,7 @@ async def attempt(
 ) -> UpstreamAnswer | FailedAnswer | FailedOver:
     """One account: a usable answer, a client error, or FailedOver (pool told)."""
     pool, config, outcome, tracer = router.pool, router.config, call.outcome, call.tracer
-    bodies = call.bodies
-    assert bodies is not None
+    path, bodies = call.for_account(acc.api is Api.RESPONSES)
     scope = call.route.scope
     fingerprint = bodies.fingerprint
     timeouts = config.timeouts_for(acc)
@@ -118,7 +117,7 @@ async def attempt(
                 token = await oauth.token(router.session(), time.time())
                 base_url = acc.base_url or oauth.base_url
             headers = up.request_headers(call.headers, acc, outcome.request_id, token)
-            url = up.target_url(base_url, call.path, call.query)
+            url = up.target_url(base_url, path, call.query)
             proxy = config.proxy_for(acc, url)
             if tracer is not None:
                 _trace_request(tracer, acc.name, call.method, url, headers, body)

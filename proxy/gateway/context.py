@@ -36,7 +36,18 @@ class Call:
     bodies: Bodies | None
     tracer: Any = None  # a logger while DEBUG_STREAMING is on
     tried: list[str] = field(default_factory=list)  # accounts this request went to
+    # The request for accounts that speak the Responses API (``api = "responses"``),
+    # sent to /v1/responses; None: such accounts are not asked.
+    native: Bodies | None = None
+    excluded: tuple[str, ...] = ()  # accounts that cannot serve this request
 
     def started(self) -> None:
-        self.bodies = None
+        self.bodies = self.native = None
         self.headers = _NO_HEADERS
+
+    def for_account(self, responses_api: bool) -> tuple[str, Bodies]:
+        """The upstream path (after /v1/) and the bodies for one account."""
+        if responses_api and self.native is not None:
+            return "responses", self.native
+        assert self.bodies is not None
+        return self.path, self.bodies

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+from proxy.config import Config
+from proxy.core.dialects.native_request import chat_to_responses_request
+from proxy.core.dialects.responses_common import RequestError
 from proxy.core.openai import normalize_error
-from proxy.core.plan import ClientRequest, inspect_body, plan_request
+from proxy.core.plan import Bodies, ClientRequest, inspect_body, plan_request
+from proxy.gateway import native
 from proxy.gateway.answer import make_answer
 from proxy.gateway.attempt import FailedAnswer
 from proxy.gateway.context import Call
@@ -42,6 +48,8 @@ async def forward(
         plan.bodies,
         log.bind(request_id=outcome.request_id) if trace else None,
     )
+    if route.scope == "chat" and req.obj is not None:
+        _for_responses_accounts(call, config, req.obj)
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
     # (``call`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
@@ -56,7 +64,8 @@ async def forward(
         completed = False
         streams.add(answer.response)
         try:
-            result, usage, early = await make_answer(request, config, answer, call)
+            make = native.chat_answer if native.speaks_responses(answer) else make_answer
+            result, usage, early = await make(request, config, answer, call)
             completed = True
         finally:
             streams.discard(answer.response)
@@ -69,6 +78,21 @@ async def forward(
         if not (failover and router.may_retry(call)):
             return result
         outcome.error = None
+
+
+def _for_responses_accounts(call: Call, config: Config, obj: dict[str, object]) -> None:
+    """The chat request as a Responses request, for accounts that speak only that; when
+    it cannot be one (``n`` > 1, ``stop``...), those accounts are left out."""
+    names = native.responses_accounts(config)
+    if not names:
+        return
+    try:
+        made = chat_to_responses_request({**obj, "model": call.model})
+    except RequestError:
+        call.excluded = names
+        return
+    body = json.dumps(made.body, ensure_ascii=False, separators=(",", ":")).encode()
+    call.native = Bodies(body, fingerprint=call.bodies.fingerprint if call.bodies else 0)
 
 
 def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:

@@ -13,6 +13,7 @@ completion.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +69,7 @@ async def translate_stream(
     call: Call,
     translator: Translator,
     content_type: str = "text/event-stream",
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Translated:
     """Relay an upstream chat answer (an event stream, or one JSON completion) to the
     client through ``translator``."""
@@ -77,6 +79,7 @@ async def translate_stream(
     headers: CIMultiDict[str] = CIMultiDict(SSE_HEADERS)
     headers["Content-Type"] = content_type
     headers["X-Request-ID"] = call.outcome.request_id
+    headers.update(extra_headers or {})
     client = ClientStream(
         request,
         200,

@@ -28,12 +28,13 @@ from proxy.core.dialects.responses import (
     sequential_ids,
     translate_request,
 )
+from proxy.core.dialects.responses_input import input_items
 from proxy.core.openai import error_status, normalize_error, usage_from
 from proxy.core.plan import Bodies, Wants
 from proxy.core.shaper import OpenAIShaper
 from proxy.core.sse import Item
 from proxy.errors import InvalidJSON, NotFound, UpstreamError
-from proxy.gateway import routes
+from proxy.gateway import native, routes
 from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
 from proxy.gateway.collect import collect_stream
 from proxy.gateway.context import Call
@@ -91,24 +92,35 @@ async def create(request: Request) -> Reply:
     outcome = request.outcome
     raw = await request.read(config.server.max_body_bytes)
     body = _object(raw)
-    history: list[Any] = []
+    native_names = native.responses_accounts(config)
+    excluded: tuple[str, ...] = ()
+    history: list[Any] | None = []
     previous = body.get("previous_response_id")
     if previous is not None:
         record = await rt.conversations.get(str(previous))
-        if record is None:
+        if record is not None:
+            history = list(record.get("items") or [])
+        elif native_names:
+            # Not one seamline kept: perhaps the upstream's own; only it can know.
+            history, excluded = None, native.chat_accounts(config)
+        else:
             err = NotFound(f"Previous response with id '{previous}' not found.")
             err.code = "previous_response_not_found"
             raise err
-        history = list(record.get("items") or [])
+    model = router.model_for(body.get("model"))
+    chat: ChatRequest | None = None
     try:
-        chat = translate_request(body, history)
+        chat = translate_request(body, history or [])
     except RequestError as exc:
-        outcome.error = exc.message
-        return Reply(exc.status, exc.json_bytes(), None, "application/json")
-    model = router.model_for(chat.body.get("model"))
-    chat_body = {**chat.body, "model": model}
-    outcome.model, outcome.stream = body.get("model"), chat.stream
-    if chat.dropped_tools:
+        if not native_names:
+            outcome.error = exc.message
+            return Reply(exc.status, exc.json_bytes(), None, "application/json")
+        excluded = native.chat_accounts(config)  # what only a Responses upstream can do
+    if excluded and not native_names:
+        excluded = ()
+    stream = body.get("stream") is True
+    outcome.model, outcome.stream = body.get("model"), stream
+    if chat is not None and chat.dropped_tools:
         log.info(
             "hosted_tools_dropped", tools=list(chat.dropped_tools), request_id=outcome.request_id
         )
@@ -120,9 +132,11 @@ async def create(request: Request) -> Reply:
         routes.RESPONSES,
         outcome,
         model,
-        Wants(chat.stream, False, True),
-        _bodies(chat_body, raw),
+        Wants(stream, False, True),
+        _bodies({**chat.body, "model": model}, raw) if chat is not None else None,
         log.bind(request_id=outcome.request_id) if debug_streaming_enabled() else None,
+        native=_native_body(body, raw, model, history) if native_names else None,
+        excluded=excluded,
     )
     response_id = "resp_" + secrets.token_hex(24)
     seed, created = secrets.token_hex(6), int(time.time())
@@ -133,9 +147,14 @@ async def create(request: Request) -> Reply:
         ident = (response_id, created, seed)
         rt.streams.add(answer.response)
         try:
-            reply, early, usage, response = await _answer(
-                request, config, answer, call, chat, ident
-            )
+            if native.speaks_responses(answer):
+                reply, early, response = await _native(request, config, answer, call, stream)
+                usage = _usage(response)
+            else:
+                assert chat is not None
+                reply, early, usage, response = await _answer(
+                    request, config, answer, call, chat, ident
+                )
         finally:
             rt.streams.discard(answer.response)
         if early is None:
@@ -146,12 +165,46 @@ async def create(request: Request) -> Reply:
                 outcome.error = None
                 continue
         break
-    if chat.dropped_tools and not reply.prepared:
+    if chat is not None and chat.dropped_tools and not reply.prepared:
         reply.headers[DROPPED_TOOLS_HEADER] = ",".join(chat.dropped_tools)
-    if response is not None and body.get("store", True) is not False:
-        items = [*history, *chat.input_items, *(response.get("output") or [])]
-        await rt.conversations.put(response_id, {"response": response, "items": items})
+    if response is not None and body.get("store", True) is not False and history is not None:
+        stored_id = str(response.get("id") or response_id)
+        items = [*history, *_input_items(body), *(response.get("output") or [])]
+        await rt.conversations.put(stored_id, {"response": response, "items": items})
     return reply
+
+
+async def _native(
+    request: Request, config: Config, answer: UpstreamAnswer, call: Call, stream: bool
+) -> tuple[Reply, tuple[int, bytes] | None, dict[str, Any] | None]:
+    if stream:
+        return await native.responses_stream(request, config, answer, call)
+    return await native.responses_whole(config, answer, call)
+
+
+def _native_body(
+    body: dict[str, Any], raw: bytes, model: str | None, history: list[Any] | None
+) -> Bodies:
+    """What a Responses account is sent: the client's bytes, unless a model alias
+    applies or the conversation so far is one seamline kept (then sent whole, as the
+    upstream never saw it)."""
+    changes: dict[str, Any] = {}
+    if model is not None and model != body.get("model"):
+        changes["model"] = model
+    if history:
+        changes["input"] = [*history, *_input_items(body)]
+    if not changes:
+        return Bodies(raw, fingerprint=hash(raw))
+    rest = {k: v for k, v in body.items() if not (history and k == "previous_response_id")}
+    send = json.dumps({**rest, **changes}, ensure_ascii=False, separators=(",", ":")).encode()
+    return Bodies(send, fingerprint=hash(raw))
+
+
+def _input_items(body: dict[str, Any]) -> list[Any]:
+    try:
+        return input_items(body.get("input"))
+    except RequestError:
+        return []
 
 
 async def _answer(
@@ -171,7 +224,12 @@ async def _answer(
             chat, response_id=response_id, created_at=created, ids=sequential_ids(seed)
         )
         translator = ResponsesTranslator(machine)
-        done = await translate_stream(request, config, answer, call, translator)
+        dropped = (
+            {DROPPED_TOOLS_HEADER: ",".join(chat.dropped_tools)} if chat.dropped_tools else None
+        )
+        done = await translate_stream(
+            request, config, answer, call, translator, extra_headers=dropped
+        )
         final = machine.response() if machine.done else None
         usage = _usage(final)
         stored = final if machine.status in ("completed", "incomplete") else None

@@ -104,7 +104,7 @@ class Router:
         last_error: SeamlineError | None = None
         while len(tried) < limit:
             now = time.time()
-            st = await self._take(model, now, tried, scope)
+            st = await self._take(model, now, [*tried, *call.excluded], scope)
             if st is None:
                 break
             tried.append(st.name)
@@ -195,7 +195,8 @@ class Router:
         limit = self.config.routing.max_attempts or len(pool.serving(call.model))
         if len(tried) >= limit:
             return False
-        return pool.fallback(call.model, time.time(), tried, call.route.scope) is not None
+        skip = [*tried, *call.excluded]
+        return pool.fallback(call.model, time.time(), skip, call.route.scope) is not None
 
     def _pick_up_new_logins(self) -> None:
         """Put an OAuth account whose refresh was rejected back once its user logs in again.

@@ -101,6 +101,7 @@ class ResponsesToChat:
         self.done = False
         self.failed = False
         self.failure: UpstreamFailure | None = None
+        self.usage: tuple[int, int] | None = None  # (input, output) tokens, once known
 
     def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
         if not self.committed:
@@ -246,6 +247,8 @@ class ResponsesToChat:
             finish = "tool_calls" if self._tools else "stop"
         out = [self._chunk({}, finish)]
         usage = chat_usage(response.get("usage"))
+        if usage is not None:
+            self.usage = usage["prompt_tokens"], usage["completion_tokens"]
         if self._include_usage and usage is not None:
             out.append(
                 {
