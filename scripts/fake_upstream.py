@@ -1,4 +1,4 @@
-"""A fast local fake OpenAI-compatible upstream, for the bench (and the demo).
+"""A fast local fake OpenAI-compatible upstream, for the bench and the demo.
 
 Raw asyncio protocols, no framework: one ``transport.write`` per event, pre-encoded
 bytes, HTTP/1.1 keep-alive and chunked transfer encoding. Each content event carries
@@ -13,6 +13,8 @@ What a stream does is decided by the request body's ``bench`` object:
 ``hold``         a group name: send the first event, then wait for
                  ``POST /bench/release`` with ``{"group": ...}`` before the rest, which
                  then start spread evenly over one interval
+``broken``       a scenario of scripts/broken_upstreams.py (the demo's): answer with its
+                 bytes instead, in its small reads, whatever else the request asks
 
 After the content events: a ``finish_reason`` chunk, a usage chunk when the request
 asked for ``stream_options.include_usage``, and ``data: [DONE]``. A request without
@@ -33,6 +35,8 @@ import resource
 import signal
 import time
 from typing import Any, cast
+
+from broken_upstreams import SCENARIOS, Scenario
 
 CHUNK_ID = b'"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000'
 _PREFIX = b"data: {" + CHUNK_ID + b',"model":"bench","choices":[{"index":0,"delta":{"content":"'
@@ -278,6 +282,23 @@ class Upstream(asyncio.Protocol):
         if close:
             self.transport.close()
 
+    def _play(self, scenario: Scenario) -> None:
+        # One write a read (asyncio sends each at once, TCP_NODELAY), so the client
+        # meets the splits a real network makes; the bodies are small, so flow control
+        # has nothing to hold.
+        transport = self.transport
+        assert transport is not None
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n%s\r\n" % (
+            scenario.content_type.encode(),
+            b"Connection: close\r\n" if self.close_after else b"",
+        )
+        transport.write(head)
+        for piece in scenario.reads():
+            transport.write(chunk(piece))
+        transport.write(b"0\r\n\r\n")
+        if self.close_after:
+            transport.close()
+
     def _handle(self, method: str, path: str, body: bytes) -> None:
         if method == "GET" and path == "/v1/models":
             self._reply("200 OK", _MODELS)
@@ -303,6 +324,14 @@ class Upstream(asyncio.Protocol):
             interval = float(opts.get("interval_ms", 0)) / 1000.0
         except (TypeError, ValueError):
             self._reply("400 Bad Request", b'{"error":{"message":"bad bench options"}}')
+            return
+        broken = opts.get("broken")
+        if broken is not None:
+            scenario = SCENARIOS.get(str(broken))
+            if scenario is None:
+                self._reply("400 Bad Request", b'{"error":{"message":"no such broken upstream"}}')
+            else:
+                self._play(scenario)
             return
         if req.get("stream") is not True:
             self._reply("200 OK", _completion(n))

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from replicas import RedisServer, redis_server
 
 from proxy import config as cfg
 from proxy.cli.accounts import login
 from proxy.state.redis_link import RedisLink
 from proxy.state.redis_store import RedisStore
 from proxy.state.store import SQLiteStore
-
-__all__ = ["redis_server"]  # a fixture, imported to be found by pytest
+from support.redis_replicas import RedisServer
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:

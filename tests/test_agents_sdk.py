@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
 
-from conftest import Upstream, chunk, client, sse_stream
+from support.builders import DONE, chunk, chunk_object, event, sse_stream
+from support.clients import client
+from support.upstream import Upstream
 
 CALLS: list[str] = []
 
@@ -26,14 +28,8 @@ def tool_call_stream() -> list[bytes]:
             "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
     pieces = [call, {"index": 0, "function": {"arguments": '{"city":'}},
               {"index": 0, "function": {"arguments": '"Paris"}'}}]  # fmt: skip
-    out = []
-    for tc in pieces:
-        obj = json.loads(chunk())
-        obj["choices"][0]["delta"] = {"tool_calls": [tc]}
-        out.append(b"data: " + json.dumps(obj).encode() + b"\n\n")
-    out.append(b"data: " + chunk(finish="tool_calls") + b"\n\n")
-    out.append(b"data: [DONE]\n\n")
-    return out
+    out = [event(json.dumps(chunk_object({"tool_calls": [tc]})).encode()) for tc in pieces]
+    return [*out, event(chunk(finish="tool_calls")), DONE]
 
 
 @pytest.fixture(autouse=True)

@@ -15,27 +15,23 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from replicas import RedisServer, Replica, redis_server, replicas
-from test_failover import (
-    FILL_FIRST,
-    MakeUpstream,
-    account,
+
+from support.builders import FILL_FIRST, account, chunk, conf, event, redis_config, sse_stream
+from support.clients import (
     accounts,
     ask,
-    conf,
-    counts,
-    fail,
+    client,
+    collect,
     fetch_ready,
-    make_upstream,
-    ok,
+    get_json,
     post,
     request_body,
+    text_of,
 )
-from test_replicas import get_json, key_account, redis_config, two_replicas, wait_for
-
-from conftest import StartSeamline, Upstream, chunk, client, collect, sse_stream, text_of
-
-__all__ = ["make_upstream", "redis_server", "replicas"]  # fixtures, found by pytest
+from support.redis_replicas import RedisServer, Replica, two_replicas
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream, counts, fail, ok
+from support.waiting import wait_for
 
 BREAK_FAST = "breaker_threshold = 2\nbreaker_cooldown = 30"
 
@@ -52,7 +48,7 @@ def breakage(up: Upstream, kind: str) -> None:
     if kind == "5xx":
         fail(up, 500)
         return
-    piece = b"data: " + chunk("partial") + b"\n\n"
+    piece = event(chunk("partial"))
     up.script(piece, **BREAKAGES[kind])  # type: ignore[arg-type]
 
 
@@ -211,7 +207,7 @@ async def test_a_circuit_opened_through_one_replica_refuses_nothing_on_another(
     for _ in range(2):
         upstream.script(body, status=500, content_type="application/json")
     upstream.script(*sse_stream("fine"))
-    text = redis_config(redis_server.url, key_account("only", upstream.url))
+    text = redis_config(redis_server.url, account("only", upstream.url))
     text = text.replace("[routing]\n", "[routing]\nbreaker_threshold = 1\nbreaker_cooldown = 60\n")
     a, b = await two_replicas(tmp_path, replicas, text)
     async with client(a.base_url) as c:

@@ -552,5 +552,14 @@ def test_a_bad_proxy_in_the_environment_is_one_line_naming_the_variable(name: st
 def test_an_account_speaks_chat_unless_it_says_responses() -> None:
     assert ok(ACCOUNT).accounts[0].api is Api.CHAT
     assert ok(ACCOUNT + 'api = "responses"\n').accounts[0].api is Api.RESPONSES
-    message = error(ACCOUNT + 'api = "messages"\n')
-    assert message == (f"{PATH}: accounts[0].api: expected one of chat, responses, got 'messages'")
+    assert ok(ACCOUNT + 'api = "messages"\n').accounts[0].api is Api.MESSAGES
+    message = error(ACCOUNT + 'api = "graphql"\n')
+    assert message == (
+        f"{PATH}: accounts[0].api: expected one of chat, responses, messages, got 'graphql'"
+    )
+
+
+def test_an_anthropic_account_speaks_messages_to_anthropic_by_default() -> None:
+    text = '[[accounts]]\nname = "claude"\nkind = "anthropic"\napi_key = "sk-ant"\n'
+    acc = ok(text).accounts[0]
+    assert (acc.api, acc.base_url) == (Api.MESSAGES, "https://api.anthropic.com/v1")

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from replicas import RedisServer, redis_server
 
 from proxy.state.conversations import (
     Conversations,
@@ -18,8 +17,7 @@ from proxy.state.conversations import (
     SQLiteConversations,
 )
 from proxy.state.redis_link import RedisLink
-
-__all__ = ["redis_server"]
+from support.redis_replicas import RedisServer
 
 RECORD = {"response": {"id": "resp_1", "output": []}, "items": [{"role": "user", "content": "ü"}]}
 

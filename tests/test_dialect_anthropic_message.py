@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 from anthropic.types import Message
-from anthropic_judge import final_message
 from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
-from test_dialect_anthropic_request import CLAUDE_CODE
 
 from proxy.core.convert import Aggregator
 from proxy.core.dialects.anthropic_errors import (
@@ -40,6 +38,8 @@ from proxy.core.dialects.anthropic_tokens import (
 )
 from proxy.core.openai import error_status
 from proxy.core.sse import Reframer
+from support.anthropic_dialect import final_message
+from support.claude_code import CLAUDE_CODE
 
 
 def completion(message: dict[str, Any], finish: str = "stop", **extra: Any) -> dict[str, Any]:

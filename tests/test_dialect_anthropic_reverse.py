@@ -9,11 +9,8 @@ from typing import Any
 
 import openai
 import pytest
-from anthropic_judge import chat_chunks, chat_sse, chunk, usage_chunk
-from anthropic_judge import translate as chat_to_anthropic
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_dialect_anthropic_stream import chat_streams
 
 from proxy.core.convert import Aggregator
 from proxy.core.dialects.anthropic_chat_stream import AnthropicToChat
@@ -27,6 +24,9 @@ from proxy.core.dialects.anthropic_reverse import (
     to_messages,
 )
 from proxy.core.sse import Reframer
+from support.anthropic_dialect import chat_chunks, chat_streams, chunk, usage_chunk
+from support.anthropic_dialect import translate as chat_to_anthropic
+from support.builders import sse_of
 
 
 def messages_body(**fields: Any) -> dict[str, Any]:
@@ -525,7 +525,7 @@ def test_chat_to_anthropic_and_back_is_the_same_answer(
     case: tuple[list[Any], dict[str, Any]],
 ) -> None:
     chunks, _ = case
-    anthropic_bytes = encode(chat_to_anthropic([chat_sse(chunks)]))
+    anthropic_bytes = encode(chat_to_anthropic([sse_of(chunks)]))
     _, body = to_chat_bytes([anthropic_bytes])
     original = Aggregator()
     for c in chunks:

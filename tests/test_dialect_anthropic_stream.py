@@ -9,14 +9,18 @@ stream must raise there, never end as a complete message.
 from __future__ import annotations
 
 import json
-import string
 from typing import Any
 
 import anthropic
 import pytest
 from anthropic.types import TextBlock, ThinkingBlock, ToolUseBlock
-from anthropic_judge import (
-    chat_sse,
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.core.dialects.anthropic_events import Event, encode, ping
+from proxy.core.dialects.anthropic_stream import ChatToAnthropic
+from support.anthropic_dialect import (
+    chat_streams,
     chunk,
     final_message,
     raw_events,
@@ -24,11 +28,7 @@ from anthropic_judge import (
     translate,
     usage_chunk,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from proxy.core.dialects.anthropic_events import Event, encode, ping
-from proxy.core.dialects.anthropic_stream import ChatToAnthropic
+from support.builders import sse_of
 
 # --- the shape every stream must have ---------------------------------------------------
 
@@ -107,7 +107,7 @@ def test_every_event_names_its_type_on_one_data_line() -> None:
 def test_reasoning_is_a_thinking_block_closed_before_the_text_opens() -> None:
     events = translate(
         [
-            chat_sse(
+            sse_of(
                 [
                     chunk({"reasoning_content": "Let me "}),
                     chunk({"reasoning_content": "think."}),
@@ -278,7 +278,7 @@ def test_a_stop_sequence_reaches_the_sdk() -> None:
     finish = chunk(finish="stop")
     finish["choices"][0]["matched_stop"] = "END"  # SGLang's spelling
     t = ChatToAnthropic("claude-test", message_id="msg_1", stop_sequences=("END",))
-    events = translate([chat_sse([chunk({"content": "x"}), finish])], t)
+    events = translate([sse_of([chunk({"content": "x"}), finish])], t)
     message = final_message(encode(events))
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
 
@@ -346,7 +346,7 @@ def test_several_tool_calls_by_their_index() -> None:
 def test_interleaved_tool_calls_keep_their_own_arguments() -> None:
     events = translate(
         [
-            chat_sse(
+            sse_of(
                 [
                     call(0, '{"x": ', id="call_a", name="f"),
                     call(1, '{"y": ', id="call_b", name="g"),
@@ -380,7 +380,7 @@ def test_shortened_tool_names_go_back_to_the_clients() -> None:
     long = "mcp__server__" + "x" * 80
     t = ChatToAnthropic("claude-test", message_id="msg_1", tool_names={"short_1": long})
     events = translate(
-        [chat_sse([call(0, "{}", id="call_1", name="short_1"), chunk(finish="tool_calls")])], t
+        [sse_of([call(0, "{}", id="call_1", name="short_1"), chunk(finish="tool_calls")])], t
     )
     assert tool_uses(encode(events)) == [("call_1", long, {})]
 
@@ -438,7 +438,7 @@ def test_a_cut_after_the_finish_reason_is_still_an_error() -> None:
 
 def test_a_mid_stream_error_chunk_ends_the_stream() -> None:
     error = {"error": {"message": "model crashed", "type": "server_error"}}
-    events = translate([chat_sse([chunk({"content": "x"}), error, chunk({"content": "y"})])])
+    events = translate([sse_of([chunk({"content": "x"}), error, chunk({"content": "y"})])])
     assert names(events)[-1] == "error"
     assert events[-1].data == {
         "type": "error",
@@ -449,22 +449,22 @@ def test_a_mid_stream_error_chunk_ends_the_stream() -> None:
 
 def test_an_overloaded_upstream_is_an_overloaded_error() -> None:
     error = {"error": {"message": "busy", "code": 529}}
-    events = translate([chat_sse([chunk({"content": "x"}), error])])
+    events = translate([sse_of([chunk({"content": "x"}), error])])
     assert events[-1].data["error"]["type"] == "overloaded_error"
 
 
 def test_an_error_event_and_a_bare_error_line() -> None:
     named = b'event: error\ndata: {"error": {"message": "boom", "code": 503}}\n\n'
-    events = translate([chat_sse([chunk({"content": "x"})], done=False) + named])
+    events = translate([sse_of([chunk({"content": "x"})], done=False) + named])
     assert events[-1].data["error"] == {"type": "overloaded_error", "message": "boom"}
     bare = b'{"error": {"message": "bare"}}\n'
-    events = translate([chat_sse([chunk({"content": "x"})], done=False) + bare])
+    events = translate([sse_of([chunk({"content": "x"})], done=False) + bare])
     assert events[-1].data["error"]["message"] == "bare"
 
 
 def test_a_finish_reason_that_means_failure_is_an_error() -> None:
     events = translate(
-        [chat_sse([chunk({"content": "x"}), chunk(finish="insufficient_system_resource")])]
+        [sse_of([chunk({"content": "x"}), chunk(finish="insufficient_system_resource")])]
     )
     assert events[-1].data["error"]["type"] == "overloaded_error"
     assert_raises_in_sdk(encode(events))
@@ -491,7 +491,7 @@ def test_an_error_before_any_chunk_is_only_the_error() -> None:
 
 
 def test_nothing_follows_done() -> None:
-    body = chat_sse([chunk({"content": "x"}), chunk(finish="stop")]) + chat_sse(
+    body = sse_of([chunk({"content": "x"}), chunk(finish="stop")]) + sse_of(
         [chunk({"content": "after"})]
     )
     events = translate([body])
@@ -500,7 +500,7 @@ def test_nothing_follows_done() -> None:
 
 
 def test_pings_keepalives_and_junk_are_not_events() -> None:
-    body = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: not json\n\n" + chat_sse(
+    body = b": keep-alive\n\nevent: ping\ndata: {}\n\ndata: not json\n\n" + sse_of(
         [chunk({"content": "x"}), chunk(finish="stop")]
     )
     assert names(translate([body])).count("content_block_delta") == 1
@@ -517,67 +517,6 @@ def test_ping_is_what_the_sdk_skips() -> None:
 
 # --- properties --------------------------------------------------------------------------
 
-_words = st.text(alphabet=string.ascii_letters + ' \n"\\é☃', min_size=1, max_size=6)
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
-    ),
-    max_leaves=5,
-)
-_arguments = st.dictionaries(st.text(max_size=4), _json, max_size=3)
-
-
-@st.composite
-def chat_streams(draw: st.DrawFn) -> tuple[list[Any], dict[str, Any]]:
-    """A chat stream of text, reasoning and interleaved tool calls, and what it meant."""
-    sources: list[list[dict[str, Any]]] = []
-    for kind in draw(st.lists(st.sampled_from(["text", "reasoning", "tool"]), max_size=6)):
-        if kind == "tool":
-            n = len(sources)
-            text = json.dumps(draw(_arguments))
-            cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=3)))
-            pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
-            ops = [{"tool": n, "arguments": p} for p in pieces]
-            ops[0].update(id=f"call_{n}", name=f"tool_{n}")
-            sources.append(ops)
-        else:
-            key = "content" if kind == "text" else "reasoning_content"
-            sources.append([{key: draw(_words)}])
-    labels = [i for i, ops in enumerate(sources) for _ in ops]
-    order = draw(st.permutations(labels))
-    taken = [0] * len(sources)
-    chunks: list[Any] = [chunk({"role": "assistant", "content": ""})]
-    meant: dict[str, Any] = {"text": "", "thinking": "", "tools": {}, "order": []}
-    for label in order:
-        op = sources[label][taken[label]]
-        taken[label] += 1
-        if "tool" in op:
-            piece: dict[str, Any] = {
-                "index": op["tool"],
-                "function": {"arguments": op["arguments"]},
-            }
-            if "id" in op:
-                piece.update(id=op["id"], type="function")
-                piece["function"]["name"] = op["name"]
-                meant["order"].append(op["id"])
-                meant["tools"][op["id"]] = [op["name"], ""]
-            meant["tools"][f"call_{op['tool']}"][1] += op["arguments"]
-            chunks.append(chunk({"tool_calls": [piece]}))
-        else:
-            chunks.append(chunk(op))
-            meant["text" if "content" in op else "thinking"] += op.get("content") or op.get(
-                "reasoning_content", ""
-            )
-    finish = "tool_calls" if meant["tools"] else draw(st.sampled_from(["stop", "length"]))
-    chunks.append(chunk(finish=finish))
-    prompt, completion, cached = draw(
-        st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 9))
-    )
-    chunks.append(usage_chunk(prompt + cached, completion, cached))
-    meant["usage"] = (prompt, cached, completion)
-    return chunks, meant
-
 
 @settings(max_examples=150, deadline=None)
 @given(chat_streams())
@@ -585,7 +524,7 @@ def test_any_chat_stream_gives_well_formed_blocks_and_the_message_meant(
     case: tuple[list[Any], dict[str, Any]],
 ) -> None:
     chunks, meant = case
-    events = translate([chat_sse(chunks)])
+    events = translate([sse_of(chunks)])
     assert_well_formed(events)
     assert events[-1].name == "message_stop"
     message = final_message(encode(events))
@@ -610,7 +549,7 @@ def test_any_chat_stream_gives_well_formed_blocks_and_the_message_meant(
 def test_any_byte_split_gives_the_same_events(
     case: tuple[list[Any], dict[str, Any]], data: st.DataObject
 ) -> None:
-    body = chat_sse(case[0]).replace(
+    body = sse_of(case[0]).replace(
         b"\n\n", data.draw(st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\r"]))
     )
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=12)))
@@ -627,7 +566,7 @@ def test_a_stream_cut_anywhere_never_ends_in_message_stop(
     # Cut before the finish_reason (cleanly or not), or anywhere but uncleanly.
     clean = data.draw(st.booleans())
     keep = data.draw(st.integers(0, len(chunks) - 2 if clean else len(chunks)))
-    events = translate([chat_sse(chunks[:keep], done=False)], clean=clean)
+    events = translate([sse_of(chunks[:keep], done=False)], clean=clean)
     assert "message_stop" not in names(events)
     assert names(events)[-1] == "error"
     if events[0].name == "message_start":

@@ -13,7 +13,6 @@ from openai import APIError
 from openai.types.chat import ChatCompletion
 from openai.types.responses.response_create_params import ResponseCreateParamsStreaming
 from pydantic import TypeAdapter
-from responses_support import USAGE, Answer, answers, chunk, client, run, usage_chunk
 
 from proxy.core.convert import Aggregator
 from proxy.core.dialects.responses import (
@@ -28,6 +27,7 @@ from proxy.core.dialects.responses import (
 )
 from proxy.core.openai import DONE_EVENT
 from proxy.core.sse import Reframer
+from support.responses_dialect import USAGE, Answer, answers, chunk, client, run, usage_chunk
 
 CREATE = TypeAdapter(ResponseCreateParamsStreaming)
 

@@ -14,7 +14,18 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseFunctionToolCall
-from responses_support import (
+
+from proxy.core.dialects.responses_answer import completion_to_response
+from proxy.core.dialects.responses_common import (
+    UpstreamFailure,
+    encode_event,
+    encode_events,
+    sequential_ids,
+)
+from proxy.core.dialects.responses_request import translate_request
+from proxy.core.sse import Event, Reframer
+from support.builders import sse_of
+from support.responses_dialect import (
     REQUEST,
     TOOLS,
     USAGE,
@@ -28,21 +39,10 @@ from responses_support import (
     pieces,
     run,
     sdk_read,
-    sse,
     translator,
     usage_chunk,
     validate,
 )
-
-from proxy.core.dialects.responses_answer import completion_to_response
-from proxy.core.dialects.responses_common import (
-    UpstreamFailure,
-    encode_event,
-    encode_events,
-    sequential_ids,
-)
-from proxy.core.dialects.responses_request import translate_request
-from proxy.core.sse import Event, Reframer
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -632,7 +632,7 @@ def test_any_chat_stream_gives_well_formed_events_that_say_what_it_said(answer: 
 def test_any_split_of_the_upstream_bytes_gives_the_same_events(
     answer: Answer, cuts: list[int], crlf: bool
 ) -> None:
-    data = sse(answer.chunks)
+    data = sse_of(answer.chunks)
     if crlf:
         data = data.replace(b"\n", b"\r\n")
     assert feed_bytes(data, cuts) == run(answer.chunks)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_failover import completion
-from test_ops import raw_request, root
 
-from conftest import Reply, StartSeamline, Upstream, config_text, sse_stream
+from support.builders import completion, config_text, key_of, sse_stream
+from support.clients import Reply, raw_request, root
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
-KEY = "sk-test-acc1-secret"  # the account's key, as config_text spells it
+KEY = key_of("acc1")  # the account's key
 
 # Headers a LiteLLM proxy, a gateway or a careless upstream adds to every answer.
 NOISY = {
@@ -219,3 +220,22 @@ async def test_ordinary_encoded_paths_still_pass(
     reply = await raw_request(root(base), b"GET /v1/models/org%2Fqwen-2.5%20max")
     assert reply.status == 200
     assert upstream.requests[0]["path"] == "/v1/models/org%2Fqwen-2.5%20max"
+
+
+async def test_no_answer_names_the_software_versions_it_runs_on(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    base = await seamline(config_text(("a", upstream.url)))
+    upstream.script(*sse_stream("hi"))
+    body = b'{"model":"m","stream":true,"messages":[]}'
+    at = root(base)
+    answers = [
+        await raw_request(at, b"POST /v1/chat/completions", body),  # a stream
+        await raw_request(at, b"GET /healthz"),  # a whole answer
+        await raw_request(at, b"GET /nowhere"),  # seamline's error
+        await raw_request(at, b"GET /healthz", b"", b"X: \x01"),  # aiohttp's own refusal
+    ]
+    assert [r.status for r in answers] == [200, 200, 404, 400]
+    for reply in answers:
+        assert reply.headers.get("server") == "seamline", reply
+        assert b"aiohttp" not in reply.body and b"Python" not in reply.body

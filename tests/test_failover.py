@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import json
 import os
-import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,92 +25,39 @@ from aiohttp import web
 from openai.types.chat import ChatCompletionMessageParam
 from pytest_aiohttp import AiohttpServer
 
-from conftest import Reply, StartSeamline, Upstream, chunk, client, make_upstream_app, text_of
-from proxy import config as cfg
-from proxy import logs
-from proxy.gateway.app import Runner, start
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.store import MemoryStore, Persister
+from support.builders import (
+    ADMIN_KEY,
+    FILL_FIRST,
+    account,
+    chunk,
+    completion,
+    conf,
+    error_body,
+    event,
+    key_of,
+    sse_stream,
+    toml,
+    usage_chunk,
+)
+from support.clients import (
+    Reply,
+    accounts,
+    admin_get,
+    ask,
+    client,
+    fetch_ready,
+    post,
+    request_body,
+    text_of,
+)
+from support.logs import log_lines
+from support.ports import closed_port_url
+from support.seamline import StartSeamline, start_seamline
+from support.upstream import MakeUpstream, Upstream, counts, fail, ok
 
-ADMIN_KEY = "admin-key-3f9a1c-secret"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-FILL_FIRST = 'strategy = "fill_first"'
-
-MakeUpstream = Callable[[], Awaitable[Upstream]]
-
-
-def key_of(name: str) -> str:
-    return f"sk-test-{name}-secret"
-
-
-# -- upstream answers ---------------------------------------------------------------------
-
-
-def completion(text: str, prompt: int = 3, completion_tokens: int = 2) -> bytes:
-    """A non-streamed chat.completion with usage."""
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-        },
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def events(*contents: str) -> list[bytes]:
-    """A well-formed chat stream, one piece per event."""
-    out = [b"data: " + chunk(c) + b"\n\n" for c in contents]
-    return [*out, b"data: " + chunk(finish="stop") + b"\n\n", b"data: [DONE]\n\n"]
-
-
-def ok(up: Upstream, text: str, stream: bool, **kw: Any) -> None:
-    """Script a successful answer of ``text``."""
-    if stream:
-        up.script(*events(text), **kw)
-    else:
-        up.script(completion(text), content_type="application/json", **kw)
-
-
-def error_body(message: str, code: str | None = None) -> bytes:
-    err = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    return json.dumps({"error": err}).encode()
-
-
-def fail(up: Upstream, status: int, body: bytes | None = None, **kw: Any) -> None:
-    """Script an error answer; by default its body echoes the account's key, as some do."""
-    body = body if body is not None else error_body(f"failed {status}: {key_of('A')}")
-    up.script(body, status=status, content_type="application/json", **kw)
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
-# -- config -------------------------------------------------------------------------------
-
-
-def toml(**opts: Any) -> str:
-    # JSON spells strings, numbers, booleans and arrays of strings the way TOML does.
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items())
-
-
-def account(name: str, url: str, **opts: Any) -> str:
-    return "[[accounts]]\n" + toml(name=name, base_url=url, api_key=key_of(name), **opts)
 
 
 def oauth_account(name: str, creds: Path, token_url: str, **opts: Any) -> str:
@@ -121,41 +66,7 @@ def oauth_account(name: str, creds: Path, token_url: str, **opts: Any) -> str:
     )
 
 
-def conf(*accounts: str, routing: str = "", timeouts: str = "", state: str = ":memory:") -> str:
-    head = f"[server]\nport = 0\nadmin_key = {json.dumps(ADMIN_KEY)}\n"
-    head += f"[timeouts]\n{timeouts}\n[routing]\n{routing}\n[state]\npath = {json.dumps(state)}\n"
-    return head + "".join(accounts)
-
-
 # -- clients ------------------------------------------------------------------------------
-
-
-_ASKED = itertools.count()
-
-
-def prompt() -> list[ChatCompletionMessageParam]:
-    """A new prompt each time: distinct requests, as real traffic is (the breaker counts
-    one request failing again, a client's retry, once)."""
-    return [{"role": "user", "content": f"hi {next(_ASKED)}"}]
-
-
-def request_body(stream: bool = False, model: str = "m", **extra: Any) -> bytes:
-    obj = {"model": model, "messages": prompt(), "stream": stream, **extra}
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-async def post(
-    base: str, body: bytes | None = None, session: aiohttp.ClientSession | None = None
-) -> Reply:
-    """POST raw bytes to /v1/chat/completions; the answer's status, headers and bytes."""
-    if session is None:
-        async with aiohttp.ClientSession() as s:
-            return await post(base, body, s)
-    headers = {"Content-Type": "application/json"}
-    async with session.post(
-        base + "/chat/completions", data=body or request_body(), headers=headers
-    ) as r:
-        return Reply(r.status, dict(r.headers), await r.read())
 
 
 async def post_many(base: str, n: int, concurrency: int = 16) -> list[Reply]:
@@ -167,34 +78,6 @@ async def post_many(base: str, n: int, concurrency: int = 16) -> list[Reply]:
                 return await post(base, None, s)
 
         return await asyncio.gather(*(one() for _ in range(n)))
-
-
-async def ask(base: str, stream: bool = False, model: str = "m") -> str:
-    """One chat completion through the real openai client; the answer's text."""
-    async with client(base) as c:
-        if stream:
-            s = await c.chat.completions.create(model=model, messages=prompt(), stream=True)
-            return text_of([ch async for ch in s])
-        r = await c.chat.completions.create(model=model, messages=prompt())
-        return r.choices[0].message.content or ""
-
-
-async def admin_get(base: str, **headers: str) -> tuple[int, str]:
-    url = base.removesuffix("/v1") + "/admin/accounts"
-    async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
-        return r.status, await r.text()
-
-
-async def accounts(base: str) -> dict[str, dict[str, Any]]:
-    """GET /admin/accounts with the admin key: each account's row by name."""
-    status, text = await admin_get(base, Authorization=f"Bearer {ADMIN_KEY}")
-    assert status == 200, text
-    return {row["name"]: row for row in json.loads(text)["accounts"]}
-
-
-async def fetch_ready(base: str) -> int:
-    async with aiohttp.ClientSession() as s, s.get(base.removesuffix("/v1") + "/readyz") as r:
-        return r.status
 
 
 def seconds_until(iso: str) -> float:
@@ -223,38 +106,6 @@ async def until_released(base: str, name: str) -> None:
         return bool((await accounts(base))[name]["in_flight"] == 0)
 
     await until(released)
-
-
-def counts(*ups: Upstream) -> list[int]:
-    return [len(u.requests) for u in ups]
-
-
-# -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_upstream(aiohttp_server: AiohttpServer) -> MakeUpstream:
-    """A new scripted upstream on loopback: one more account."""
-
-    async def make() -> Upstream:
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        return up
-
-    return make
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure(json_lines=True, stream=out)
-    yield out
-    logs.configure(json_lines=False, stream=io.StringIO())
-
-
-def log_lines(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 
 # -- 1. failover before the first byte ----------------------------------------------------
@@ -293,11 +144,11 @@ async def test_failover_hides_the_failure_byte_for_byte(
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
     fail(a, 503)
-    b.script(*events("from B"))
+    b.script(*sse_stream("from B"))
     base = await seamline(conf(account("A", a.url), account("B", b.url)))
     reply = await post(base, request_body(stream=True))
     assert reply.status == 200
-    assert reply.body == b"".join(events("from B"))
+    assert reply.body == b"".join(sse_stream("from B"))
     # B got the same request A got, with its own key.
     assert a.requests[0]["body"] == b.requests[0]["body"]
     assert b.requests[0]["headers"]["Authorization"] == f"Bearer {key_of('B')}"
@@ -362,7 +213,7 @@ async def test_an_upstream_refusing_stream_options_is_asked_again_without_and_re
 ) -> None:
     a = await make_upstream()
     fail(a, status, PYDANTIC_422)
-    a.script(*events("fine"))
+    a.script(*sse_stream("fine"))
     base = await seamline(conf(account("A", a.url)))
     assert await ask(base, True) == "fine"
     sent = [json.loads(r["body"]) for r in a.requests]
@@ -536,7 +387,7 @@ async def test_no_failover_after_the_first_byte(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(b"data: " + chunk("partial") + b"\n\n", ending="reset")
+    a.script(event(chunk("partial")), ending="reset")
     ok(b, "from B", True)
     base = await seamline(conf(account("A", a.url), account("B", b.url), routing=FILL_FIRST))
     got: list[str] = []
@@ -560,7 +411,7 @@ async def test_broken_non_streamed_answer_counts_against_the_account(
     if answer == "json":
         a.script(completion("from A")[:30], content_type="application/json", ending="reset")
     else:
-        a.script(b"data: " + chunk("from ") + b"\n\n", ending="reset")
+        a.script(event(chunk("from ")), ending="reset")
     base = await seamline(conf(account("A", a.url), routing="breaker_threshold = 1"))
     reply = await post(base)
     assert reply.status == 502
@@ -636,7 +487,7 @@ async def test_quota_answer_takes_the_account_out_until_the_reset(
 
 
 async def test_401_disables_an_api_key_account_and_logs_it_once(
-    make_upstream: MakeUpstream, seamline: StartSeamline, captured: io.StringIO
+    make_upstream: MakeUpstream, seamline: StartSeamline, log_output: io.StringIO
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
     fail(a, 401, delay_headers=0.2)  # both requests reach A before its answer
@@ -645,11 +496,11 @@ async def test_401_disables_an_api_key_account_and_logs_it_once(
     assert list(await asyncio.gather(ask(base), ask(base))) == ["from B", "from B"]
     assert await ask(base) == "from B"
     assert counts(a, b) == [2, 3]
-    disabled = [ln for ln in log_lines(captured) if ln["event"] == "account_disabled"]
+    disabled = [ln for ln in log_lines(log_output) if ln["event"] == "account_disabled"]
     assert len(disabled) == 1
     assert disabled[0]["level"] == "error"
     assert disabled[0]["account"] == "A"
-    assert key_of("A") not in captured.getvalue()
+    assert key_of("A") not in log_output.getvalue()
     row = (await accounts(base))["A"]
     assert row["state"] == "disabled"
     assert "401" in row["disabled"]
@@ -863,7 +714,7 @@ async def test_max_concurrent_sends_the_overflow_to_the_next_account(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(*events("one ", "two ", "three"), pause=0.1)
+    a.script(*sse_stream("one ", "two ", "three"), pause=0.1)
     ok(a, "from A", False)
     ok(b, "from B", False)
     base = await seamline(
@@ -881,7 +732,7 @@ async def test_a_client_going_away_mid_stream_frees_its_slot(
     make_upstream: MakeUpstream, seamline: StartSeamline
 ) -> None:
     a, b = await make_upstream(), await make_upstream()
-    a.script(b"data: " + chunk("thinking") + b"\n\n", ending="hang")
+    a.script(event(chunk("thinking")), ending="hang")
     ok(a, "from A", False)
     ok(b, "from B", False)
     base = await seamline(
@@ -889,7 +740,7 @@ async def test_a_client_going_away_mid_stream_frees_its_slot(
     )
     async with aiohttp.ClientSession() as s:
         resp = await s.post(base + "/chat/completions", data=request_body(stream=True))
-        assert await resp.content.readuntil(b"\n\n") == b"data: " + chunk("thinking") + b"\n\n"
+        assert await resp.content.readuntil(b"\n\n") == event(chunk("thinking"))
         assert await ask(base) == "from B"  # A's one slot is taken
         resp.close()
     await until_released(base, "A")
@@ -998,23 +849,13 @@ async def test_a_lower_priority_tier_is_used_only_when_the_first_tier_cannot(
 
 # -- 7. usage accounting ------------------------------------------------------------------
 
-USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-
 
 def usage_event() -> bytes:
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [],
-        "usage": USAGE,
-    }
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return event(usage_chunk(11, 7))
 
 
 def stream_with_usage() -> list[bytes]:
-    *answer, done = events("Hel", "lo")
+    *answer, done = sse_stream("Hel", "lo")
     return [*answer, usage_event(), done]
 
 
@@ -1089,12 +930,6 @@ async def test_non_streamed_usage_is_counted_per_account(
 def state_files(directory: Path) -> bytes:
     """The state database and its journal, if any."""
     return b"".join(p.read_bytes() for p in sorted(directory.glob("state.db*")))
-
-
-async def start_seamline(text: str) -> tuple[Runner, str]:
-    runner = await start(cfg.parse(text, "test.toml", {}), "127.0.0.1", 0)
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}/v1"
 
 
 async def test_exhausted_quota_survives_a_restart(

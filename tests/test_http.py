@@ -27,11 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from conftest import Upstream, chunk, config_text, sse_stream
 from proxy import config as cfg
 from proxy.gateway import serving
 from proxy.gateway.app import Runner, create_app, drain, start, web_app
 from proxy.gateway.serving import MAX_FIELD
+from support.builders import LAST_CHUNK, chunk, chunks, config_text, event, sse_stream
+from support.upstream import Upstream
 
 # An account that is never called: tests without a /v1 request need no upstream.
 NOWHERE = "http://127.0.0.1:9/v1"
@@ -946,7 +947,7 @@ async def test_header_bytes_outside_ascii_reach_the_upstream_unchanged(
 async def test_a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged_499(
     upstream: Upstream, serve: Serve
 ) -> None:
-    first = b"data: " + chunk("thinking") + b"\n\n"
+    first = event(chunk("thinking"))
     upstream.script(first, ending="hang")
     runner = await serve(upstream.url)
     loop = asyncio.get_running_loop()
@@ -1237,10 +1238,6 @@ async def seamline_seen(url: str, server: str = "") -> AsyncIterator[tuple[Runne
         await runner.cleanup()
 
 
-def framed(*pieces: bytes) -> bytes:
-    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces)
-
-
 async def test_a_chunked_stream_is_exact_on_the_wire_and_aiohttp_knows_it_ended(
     upstream: Upstream,
 ) -> None:
@@ -1252,7 +1249,7 @@ async def test_a_chunked_stream_is_exact_on_the_wire_and_aiohttp_knows_it_ended(
         stream = await peer.answer()
         assert stream.headers["transfer-encoding"] == "chunked"
         # One chunk per upstream read, the last with the end of the body; nothing else.
-        assert stream.wire_body == framed(*pieces) + b"0\r\n\r\n"
+        assert stream.wire_body == chunks(*pieces) + LAST_CHUNK
         after = await peer.reader.readuntil(b"\r\n\r\n")
         assert after.startswith(b"HTTP/1.1 200 OK\r\n")  # right after the last chunk
         request, response = seen[0]
@@ -1265,7 +1262,7 @@ async def test_a_chunked_stream_is_exact_on_the_wire_and_aiohttp_knows_it_ended(
         head = stream.head + b"\r\n\r\n"
         writer = request.writer
         assert isinstance(writer, StreamWriter) and writer.chunked
-        assert writer.output_size == len(head) + len(framed(pieces[0]))
+        assert writer.output_size == len(head) + len(chunks(pieces[0]))
 
 
 async def test_an_http_10_stream_is_exact_on_the_wire_and_ends_with_the_connection(
@@ -1305,10 +1302,10 @@ class _Flood(asyncio.Protocol):
             self._more()
 
     def _more(self) -> None:
-        event = b"data: " + chunk("x" * 1000) + b"\n\n"
+        one = event(chunk("x" * 1000))
         while not self.paused and not self.transport.is_closing():
-            self.transport.write(framed(event))
-            _Flood.sent += len(event)
+            self.transport.write(chunks(one))
+            _Flood.sent += len(one)
 
     def pause_writing(self) -> None:
         self.paused = True

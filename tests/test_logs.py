@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import aiohttp
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import StartSeamline, Upstream, chunk, client, config_text, sse_stream, text_of
 from proxy import logs
+from support.builders import chunk, config_text, event, key_of, sse_stream
+from support.clients import client, text_of
+from support.logs import log_lines
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
-ACCOUNT_KEY = "sk-test-acc1-secret"
+ACCOUNT_KEY = key_of("acc1")
 CLIENT_KEY = "client-key-very-secret"
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logs.configure(json_lines=True, stream=out)
-    yield out
-    logs.configure(json_lines=False, stream=io.StringIO())
-
-
-def _lines(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 
 async def _start(upstream: Upstream, seamline: StartSeamline) -> str:
@@ -38,7 +28,7 @@ async def _start(upstream: Upstream, seamline: StartSeamline) -> str:
 
 
 async def test_summary_line_per_request(
-    upstream: Upstream, seamline: StartSeamline, captured: io.StringIO
+    upstream: Upstream, seamline: StartSeamline, log_output: io.StringIO
 ) -> None:
     base = await _start(upstream, seamline)
     upstream.script(*sse_stream("a", "b"))
@@ -47,7 +37,7 @@ async def test_summary_line_per_request(
             model="m", messages=[{"role": "user", "content": "x"}], stream=True
         )
         assert text_of([ch async for ch in stream]) == "ab"
-    summaries = [ln for ln in _lines(captured) if ln["event"] == "request"]
+    summaries = [ln for ln in log_lines(log_output) if ln["event"] == "request"]
     assert len(summaries) == 1
     s = summaries[0]
     assert s["route"] == "/v1/chat/completions"
@@ -59,21 +49,21 @@ async def test_summary_line_per_request(
     assert s["bytes"] > 0
     assert s["ttfb_ms"] is not None and s["duration_ms"] >= s["ttfb_ms"]
     assert len(s["request_id"]) >= 16
-    assert not any(ln["event"] == "upstream_read" for ln in _lines(captured))
+    assert not any(ln["event"] == "upstream_read" for ln in log_lines(log_output))
 
 
 async def test_debug_streaming_traces_reads_and_writes_without_secrets(
     upstream: Upstream,
     seamline: StartSeamline,
-    captured: io.StringIO,
+    log_output: io.StringIO,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DEBUG_STREAMING", "true")
-    logs.configure(json_lines=True, stream=captured)
+    logs.configure(json_lines=True, stream=log_output)
     base = await _start(upstream, seamline)
     # The upstream echoes the key it was sent, as some do in error messages.
     upstream.script(
-        b"data: " + chunk(f"key {ACCOUNT_KEY} Bearer {CLIENT_KEY}") + b"\n\n",
+        event(chunk(f"key {ACCOUNT_KEY} Bearer {CLIENT_KEY}")),
         *sse_stream("done"),
     )
     async with (
@@ -87,10 +77,10 @@ async def test_debug_streaming_traces_reads_and_writes_without_secrets(
         assert r.status == 200
         assert r.headers["X-Request-ID"] == "trace-me-1"
         await r.read()
-    text = captured.getvalue()
+    text = log_output.getvalue()
     assert ACCOUNT_KEY not in text
     assert CLIENT_KEY not in text
-    lines = _lines(captured)
+    lines = log_lines(log_output)
     reads = [ln for ln in lines if ln["event"] == "upstream_read"]
     writes = [ln for ln in lines if ln["event"] == "client_write"]
     assert reads and writes
@@ -106,24 +96,24 @@ async def test_debug_streaming_traces_reads_and_writes_without_secrets(
 async def test_debug_streaming_answers_what_the_model_said_and_what_seamline_changed(
     upstream: Upstream,
     seamline: StartSeamline,
-    captured: io.StringIO,
+    log_output: io.StringIO,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DEBUG_STREAMING", "true")
-    logs.configure(json_lines=True, stream=captured)
+    logs.configure(json_lines=True, stream=log_output)
     base = await _start(upstream, seamline)
     # Realistic chunk ids and fingerprints: a 160-byte preview would show no token.
     long_id = {"id": "chatcmpl-" + "x" * 120, "system_fingerprint": "fp_" + "y" * 60}
     words = ["The ", "answer ", "is ", "42."]
     pieces = [b"data: " + chunk(w, **long_id) + b"\r\n\r\n" for w in words]  # CRLF: sent as LF
-    pieces.append(b"data: " + chunk(finish="stop", **long_id) + b"\n\n")  # no [DONE]: appended
+    pieces.append(event(chunk(finish="stop", **long_id)))  # no [DONE]: appended
     upstream.script(*pieces, headers={"x-upstream-thing": "1"})
     async with client(base, CLIENT_KEY) as c:
         stream = await c.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "what is it?"}], stream=True
         )
         assert text_of([ch async for ch in stream]) == "The answer is 42."
-    lines = _lines(captured)
+    lines = log_lines(log_output)
     sent = next(ln for ln in lines if ln["event"] == "upstream_request")
     assert sent["method"] == "POST"
     assert sent["url"].endswith("/v1/chat/completions")
@@ -139,18 +129,18 @@ async def test_debug_streaming_answers_what_the_model_said_and_what_seamline_cha
     assert "\r" not in writes and "data: [DONE]" in writes
     repairs = {ln["kind"] for ln in lines if ln["event"] == "repair"}
     assert "done_appended" in repairs
-    assert ACCOUNT_KEY not in captured.getvalue()
+    assert ACCOUNT_KEY not in log_output.getvalue()
 
 
 async def test_a_trace_cuts_reads_at_the_configured_size(
     upstream: Upstream,
     seamline: StartSeamline,
-    captured: io.StringIO,
+    log_output: io.StringIO,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DEBUG_STREAMING", "1")
     monkeypatch.setenv("DEBUG_STREAMING_BYTES", "64")
-    logs.configure(json_lines=True, stream=captured)
+    logs.configure(json_lines=True, stream=log_output)
     base = await _start(upstream, seamline)
     upstream.script(*sse_stream("z" * 500))
     async with client(base, CLIENT_KEY) as c:
@@ -158,13 +148,13 @@ async def test_a_trace_cuts_reads_at_the_configured_size(
             model="m", messages=[{"role": "user", "content": "x"}], stream=True
         )
         assert text_of([ch async for ch in stream]) == "z" * 500
-    first = next(ln for ln in _lines(captured) if ln["event"] == "upstream_read")
+    first = next(ln for ln in log_lines(log_output) if ln["event"] == "upstream_read")
     assert first["size"] > 500
     assert first["data"].endswith(f"... ({first['size'] - 64} more bytes)")
 
 
 async def test_upstream_error_echoing_the_key_does_not_reach_client(
-    upstream: Upstream, seamline: StartSeamline, captured: io.StringIO
+    upstream: Upstream, seamline: StartSeamline, log_output: io.StringIO
 ) -> None:
     base = await _start(upstream, seamline)
     body = json.dumps({"error": {"message": f"Incorrect API key provided: {ACCOUNT_KEY}"}})
@@ -181,7 +171,7 @@ async def test_upstream_error_echoing_the_key_does_not_reach_client(
         got = await r.text()
     assert ACCOUNT_KEY not in got
     assert "Incorrect API key provided" in got
-    assert ACCOUNT_KEY not in captured.getvalue()
+    assert ACCOUNT_KEY not in log_output.getvalue()
 
 
 def test_redactor_removes_token_shapes() -> None:

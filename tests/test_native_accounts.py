@@ -10,7 +10,10 @@ from typing import Any
 import openai
 import pytest
 
-from conftest import StartSeamline, Upstream, chunk, client, make_upstream_app, sse_stream
+from support.builders import account, chunk, config_text, event, sse_stream
+from support.clients import client
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Upstream
 
 USAGE = {
     "input_tokens": 9,
@@ -68,22 +71,13 @@ def events(*words: str, terminal: str | None = "response.completed") -> list[byt
 
 
 def accounts(*specs: tuple[str, str, str]) -> str:
-    text = '[server]\nport = 0\n[state]\npath = ":memory:"\n'
-    for name, url, api in specs:
-        text += f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\napi = "{api}"\n'
-        text += f'api_key = "sk-test-{name}-secret"\n'
-    return text
+    """A config of these accounts: (name, url, the API it speaks)."""
+    return config_text() + "".join(account(name, url, api=api) for name, url, api in specs)
 
 
 @pytest.fixture
-async def ups(aiohttp_server: Any) -> list[Upstream]:
-    out = []
-    for _ in range(2):
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        out.append(up)
-    return out
+async def ups(make_upstream: MakeUpstream) -> list[Upstream]:
+    return [await make_upstream(), await make_upstream()]
 
 
 def sent(up: Upstream, i: int = -1) -> dict[str, Any]:
@@ -264,7 +258,7 @@ async def test_a_conversation_moves_between_kinds_of_accounts(
     ups: list[Upstream], seamline: StartSeamline
 ) -> None:
     native, chat = ups
-    chat.script(b"data: " + chunk("first") + b"\n\n", b"data: " + chunk(finish="stop") + b"\n\n")
+    chat.script(event(chunk("first")), event(chunk(finish="stop")))
     native.script(json.dumps(response("completed", [message("second")])).encode(),
                   content_type="application/json")  # fmt: skip
     conf = accounts(("c", chat.url, "chat"), ("r", native.url, "responses"))

@@ -1,5 +1,6 @@
-"""openai-node, the real Node client, against seamline's Responses front and chat route
-over a scripted chat-completions upstream."""
+"""openai-node and @anthropic-ai/sdk, the real Node clients, against seamline's
+Responses front, chat route and Messages front over a scripted chat-completions
+upstream."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Upstream, chunk
+from support.builders import DONE, chunk, event, usage_chunk
+from support.upstream import Upstream
 
 NODE_DIR = Path(__file__).parent / "node"
 # CI sets this, so that a missing Node fails instead of skipping.
@@ -29,7 +31,8 @@ def node() -> str:
         if os.environ.get(REQUIRE):
             pytest.fail(f"{reason}, and {REQUIRE} is set")
         pytest.skip(reason)
-    if not (NODE_DIR / "node_modules" / "openai").is_dir():
+    modules = NODE_DIR / "node_modules"
+    if not (modules / "openai").is_dir() or not (modules / "@anthropic-ai" / "sdk").is_dir():
         # The versions package-lock.json names, from the npm registry.
         subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True)
     return binary
@@ -45,17 +48,10 @@ async def run(node: str, scenario: str, base_url: str) -> Any:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-USAGE = {
-    "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-}  # fmt: skip
-
-
 def answer(*words: str) -> list[bytes]:
-    out = [b"data: " + chunk(w) + b"\n\n" for w in words]
-    out.append(b"data: " + chunk(finish="stop") + b"\n\n")
-    out.append(b"data: " + json.dumps(USAGE).encode() + b"\n\n")
-    return [*out, b"data: [DONE]\n\n"]
+    """A chat stream of ``words`` with its usage chunk (5 prompt tokens, 2 completion)."""
+    out = [event(chunk(w)) for w in words]
+    return [*out, event(chunk(finish="stop")), event(usage_chunk(5, 2)), DONE]
 
 
 async def test_a_responses_stream(node: str, upstream: Upstream, proxied: str) -> None:
@@ -84,7 +80,7 @@ async def test_a_whole_response(node: str, upstream: Upstream, proxied: str) -> 
 
 
 async def test_a_cut_stream_is_no_completion(node: str, upstream: Upstream, proxied: str) -> None:
-    upstream.script(b"data: " + chunk("cut ") + b"\n\n", ending="reset")
+    upstream.script(event(chunk("cut ")), ending="reset")
     got = (await run(node, "responsesStream", proxied))["ok"]
     assert "response.completed" not in got["types"]
     assert got["status"] == "failed"
@@ -94,3 +90,27 @@ async def test_a_cut_stream_is_no_completion(node: str, upstream: Upstream, prox
 async def test_a_chat_stream(node: str, upstream: Upstream, proxied: str) -> None:
     upstream.script(*answer("from ", "node"))
     assert (await run(node, "chatStream", proxied))["ok"] == {"text": "from node"}
+
+
+async def test_a_messages_stream(node: str, upstream: Upstream, proxied: str) -> None:
+    upstream.script(*answer("Hi ", "from ", "claude"))
+    got = (await run(node, "messagesStream", proxied))["ok"]
+    assert got["types"][0] == "message_start" and got["types"][-1] == "message_stop"
+    assert got["text"] == "Hi from claude"
+    assert got["stop_reason"] == "end_turn"
+    assert got["usage"]["output_tokens"] == 2
+
+
+async def test_a_cut_messages_stream_is_an_error(
+    node: str, upstream: Upstream, proxied: str
+) -> None:
+    upstream.script(b"data: " + chunk("cut") + b"\n\n", ending="reset")
+    got = await run(node, "messagesStream", proxied)
+    assert "ok" not in got
+    assert got["error"]["type"] == "api_error" or "api_error" in got["error"]["message"]
+
+
+async def test_a_whole_message(node: str, upstream: Upstream, proxied: str) -> None:
+    upstream.script(*answer("whole"))
+    got = (await run(node, "messagesWhole", proxied))["ok"]
+    assert got == {"text": "whole", "stop_reason": "end_turn"}

@@ -25,46 +25,21 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from conftest import Reply, Script, StartSeamline, Upstream, chunk, make_upstream_app, sse_stream
 from proxy import config as cfg
 from proxy.gateway.app import Runner, drain, start
 from proxy.gateway.runtime import reload
+from support.builders import ADMIN_KEY, account, chunk, conf, event, sse_stream, toml, usage_chunk
+from support.clients import Reply, parse_answer, raw_request, root
+from support.seamline import StartSeamline
+from support.upstream import MakeUpstream, Script, Upstream, upstream_app
 
-ADMIN_KEY = "admin-key-7c41d2-secret"
 ROUTE = "/v1/chat/completions"
 SEAMLINE = str(Path(sys.executable).parent / "seamline")
 # Only PATH: nothing secret, and no proxy settings, from the test runner.
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
 
-MakeUpstream = Callable[[], Awaitable[Upstream]]
-
-
-# -- config --------------------------------------------------------------------------------
-
-
-def toml(**opts: Any) -> str:
-    # JSON spells strings, numbers, booleans and arrays of strings the way TOML does.
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in opts.items())
-
-
-def account(name: str, url: str, **opts: Any) -> str:
-    return "[[accounts]]\n" + toml(name=name, base_url=url, api_key=f"sk-test-{name}-key", **opts)
-
-
-def conf(*accounts: str, routing: str = "", **server: Any) -> str:
-    """A config: port 0, the admin key (None: none), memory state, ``server`` options."""
-    defaults = {"port": 0, "admin_key": ADMIN_KEY, "drain_grace_s": 0}
-    opts = {k: v for k, v in {**defaults, **server}.items() if v is not None}
-    head = "[server]\n" + toml(**opts)
-    head += f'[routing]\n{routing}\n[state]\npath = ":memory:"\n'
-    return head + "".join(accounts)
-
 
 # -- clients -------------------------------------------------------------------------------
-
-
-def root(base: str) -> str:
-    return base.removesuffix("/v1")
 
 
 def request_body(stream: bool = True, model: str = "m", **extra: Any) -> bytes:
@@ -92,50 +67,6 @@ async def post(base: str, data: Any = None, **headers: str) -> Reply:
     """POST to /v1/chat/completions (a streamed request for model m by default)."""
     url = base + "/chat/completions"
     return await fetch("POST", url, data or request_body(), headers=headers)
-
-
-async def raw_request(url: str, start: bytes, body: bytes = b"", *headers: bytes) -> Reply:
-    """Send exactly these bytes (no client-side normalisation of the path); parse the answer."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        head = [start + b" HTTP/1.1", b"Host: seamline", b"Connection: close", *headers]
-        if body or start.startswith(b"POST"):
-            head.append(b"Content-Length: %d" % len(body))
-        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        async with asyncio.timeout(10):
-            answer = await reader.read()
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return parse_answer(answer)
-
-
-def parse_answer(answer: bytes) -> Reply:
-    """Status, headers (lower-cased names) and body of one HTTP/1.1 answer."""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, val = line.partition(":")
-        headers[name.strip().lower()] = val.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        body = dechunk(body)
-    return Reply(status, headers, body)
-
-
-def dechunk(data: bytes) -> bytes:
-    """The body of a chunked transfer encoding."""
-    out: list[bytes] = []
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if not size:
-            return b"".join(out)
-        out.append(data[:size])
-        data = data[size + 2 :]
 
 
 def admin(key: str = ADMIN_KEY) -> dict[str, str]:
@@ -187,29 +118,6 @@ async def until(cond: Callable[[], Awaitable[bool]]) -> None:
             if await cond():
                 return
             await asyncio.sleep(0.01)
-
-
-def usage_chunk(prompt: int, completion: int) -> bytes:
-    """The chunk after the finish that carries the usage (no choices)."""
-    total = prompt + completion
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
-    return chunk(choices=[], usage=usage)
-
-
-# -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_upstream(aiohttp_server: Any) -> MakeUpstream:
-    """A new scripted upstream on loopback: one more account."""
-
-    async def make() -> Upstream:
-        up = Upstream(url="", scripts=[])
-        server = await aiohttp_server(make_upstream_app(up))
-        up.url = str(server.make_url("/v1"))
-        return up
-
-    return make
 
 
 # -- 1. liveness and readiness -------------------------------------------------------------
@@ -381,9 +289,9 @@ async def test_metrics_count_known_traffic_exactly(
     good.script(*sse_stream("after failover"))
     good.script(*sse_stream("no", "done", done=False))
     good.script(
-        b"data: " + chunk("counted") + b"\n\n",
-        b"data: " + chunk(finish="stop") + b"\n\n",
-        b"data: " + usage_chunk(7, 11) + b"\n\n",
+        event(chunk("counted")),
+        event(chunk(finish="stop")),
+        event(usage_chunk(7, 11)),
         b"data: [DONE]\n\n",
     )
     good.script(b'{"object":"list","data":[]}', content_type="application/json")
@@ -459,7 +367,7 @@ async def test_streams_in_flight_is_1_while_a_stream_is_open_and_0_after(
     # The upstream is silent after one event: only the handler's cancellation (the client
     # left) ends the stream, not a failed write.
     base = await seamline(conf(account("a", upstream.url)))
-    upstream.script(b"data: " + chunk("thinking") + b"\n\n", ending="hang")
+    upstream.script(event(chunk("thinking")), ending="hang")
     async with (
         aiohttp.ClientSession() as s,
         s.post(base + "/chat/completions", data=request_body()) as resp,
@@ -525,7 +433,7 @@ async def test_max_concurrent_answers_503_with_retry_after_past_the_limit(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
     base = await seamline(conf(account("a", upstream.url), max_concurrent=1))
-    upstream.script(b"data: " + chunk("held") + b"\n\n", *sse_stream("rest"), pause=0.2)
+    upstream.script(event(chunk("held")), *sse_stream("rest"), pause=0.2)
     async with (
         aiohttp.ClientSession() as s,
         s.post(base + "/chat/completions", data=request_body()) as held,
@@ -763,12 +671,11 @@ class Fuzz(NamedTuple):
 
 async def _fuzz_start() -> Fuzz:
     up = Upstream(url="", scripts=[Script()])
-    up_runner = web.AppRunner(make_upstream_app(up))
+    up_runner = web.AppRunner(upstream_app(up))
     await up_runner.setup()
     await web.TCPSite(up_runner, "127.0.0.1", 0).start()
     up.url = f"http://127.0.0.1:{up_runner.addresses[0][1]}/v1"
-    text = conf(account("a", up.url), max_body_bytes=2048)
-    text += "[timeouts]\nheaders = 5\nidle = 5\n"
+    text = conf(account("a", up.url), timeouts="headers = 5\nidle = 5", max_body_bytes=2048)
     runner = await start(cfg.parse(text, "test.toml", {}), "127.0.0.1", 0)
     return Fuzz(up, up_runner, runner, f"http://127.0.0.1:{runner.addresses[0][1]}")
 
@@ -1190,7 +1097,7 @@ async def test_sigterm_ends_a_stream_longer_than_drain_s_with_an_error_event(
 ) -> None:
     text = conf(account("a", upstream.url), drain_s=0.5)
     server = await serve(write_config(tmp_path / "s.toml", text))
-    upstream.script(b"data: " + chunk("still thinking") + b"\n\n", ending="hang")
+    upstream.script(event(chunk("still thinking")), ending="hang")
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as s,
         s.post(server.base + "/chat/completions", data=request_body()) as resp,
@@ -1200,7 +1107,7 @@ async def test_sigterm_ends_a_stream_longer_than_drain_s_with_an_error_event(
         server.signal(signal.SIGTERM)
         rest = await resp.read()  # a clean end of the response, not a broken connection
         ended = time.monotonic() - started
-    assert first == b"data: " + chunk("still thinking") + b"\n\n"
+    assert first == event(chunk("still thinking"))
     assert rest.startswith(b"data: ") and rest.endswith(b"\n\n")
     assert rest.count(b"\n\n") == 1
     error = json.loads(rest.removeprefix(b"data: "))["error"]
@@ -1218,7 +1125,7 @@ async def test_a_second_sigterm_ends_the_drain_at_once(
 ) -> None:
     text = conf(account("a", upstream.url), drain_s=30)
     server = await serve(write_config(tmp_path / "s.toml", text))
-    upstream.script(b"data: " + chunk("still thinking") + b"\n\n", ending="hang")
+    upstream.script(event(chunk("still thinking")), ending="hang")
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as s,
         s.post(server.base + "/chat/completions", data=request_body()) as resp,
@@ -1331,7 +1238,7 @@ async def test_a_reload_applies_the_limits_and_routing_to_new_requests(
         big = request_body(padding="x" * 3000)
         assert (await post(base, big)).status == 413
         assert (await post(base, _chunked(big))).status == 413
-        a.script(b"data: " + chunk("held") + b"\n\n", *sse_stream("rest"), pause=0.2)
+        a.script(event(chunk("held")), *sse_stream("rest"), pause=0.2)
         async with (
             aiohttp.ClientSession() as s,
             s.post(base + "/chat/completions", data=request_body()) as held,

@@ -7,47 +7,28 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from peers import (
-    OK,
-    Serve,
-    answering,
-    serve,
-    tls_files,
-    tls_upstream,
-)
-from proxies import (
-    StartScripted,
-    StartTinyproxy,
-    free_port,
-    scripted_proxy,
-    tinyproxy,
-)
-from structlog.testing import capture_logs
 
-from conftest import StartSeamline, Upstream, client, collect, config_text, sse_stream, text_of
 from proxy.config import parse
 from proxy.config.egress import ProxyURL, parse_proxy
 from proxy.errors import UpstreamUnreachable
 from proxy.gateway.runtime import oauth_accounts
 from proxy.upstream import wire
-
-__all__ = ["scripted_proxy", "serve", "tinyproxy", "tls_files"]  # fixtures, found by pytest
+from support.builders import OK, completion, config_text, sse_stream
+from support.clients import client, collect, text_of
+from support.http_proxies import StartScripted, StartTinyproxy
+from support.ports import free_port
+from support.seamline import StartSeamline
+from support.tls import tls_upstream
+from support.upstream import StartRawUpstream, Upstream, answering
 
 PASSWORD = "pr0xy-s3cret-pw"
-
-
-@pytest.fixture
-async def wire_client() -> AsyncIterator[wire.ConnectionPool]:
-    c = wire.ConnectionPool()
-    yield c
-    c.close()
 
 
 async def get(
@@ -98,9 +79,9 @@ async def test_an_http_request_through_a_proxy_without_credentials_sends_none(
 
 
 async def test_proxied_and_direct_connections_to_one_upstream_never_mix_in_the_pool(
-    serve: Serve, scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, scripted_proxy: StartScripted, wire_client: wire.ConnectionPool
 ) -> None:
-    up = await serve(answering(OK))
+    up = await raw_upstream(answering(OK))
     proxy = await scripted_proxy()
     one, two = parse_proxy(proxy.url("a", "one")), parse_proxy(proxy.url("b", "two"))
     for via in (None, one, None, one, two, None, two):
@@ -252,24 +233,10 @@ def via_tinyproxy(up: Upstream) -> list[bool]:
 async def test_an_accounts_calls_go_to_its_proxy_in_absolute_form_with_its_credentials(
     seamline: StartSeamline, scripted_proxy: StartScripted
 ) -> None:
-    completion = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "via"},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    ).encode()
+    body = completion("via")
     proxy = await scripted_proxy(
         forward=b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d"
-        b"\r\n\r\n%s" % (len(completion), completion)
+        b"\r\n\r\n%s" % (len(body), body)
     )
     base = await seamline(through("http://llm.internal:8000/v1", proxy.url("me", PASSWORD)))
     async with client(base) as c:
@@ -355,13 +322,6 @@ async def test_seamline_reaches_an_https_upstream_through_tinyproxys_connect_tun
     assert f"CONNECT localhost:{tls.port} HTTP/1.1" in tp.log()
     assert len(tls.headers) == 1
     assert "Proxy-Authorization" not in tls.headers[0]  # it went on the CONNECT only
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every event logged, as the call sites made it (before redaction)."""
-    with capture_logs() as events:
-        yield events
 
 
 @pytest.mark.parametrize(

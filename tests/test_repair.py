@@ -21,6 +21,7 @@ from openai._streaming import ServerSentEvent, SSEDecoder, Stream
 from proxy.core.openai import DONE_EVENT, bare_error, error_event, error_status, normalize_error
 from proxy.core.shaper import PING_EVENTS, OpenAIShaper, data_block
 from proxy.core.sse import BOM, Comment, Event, Item, Reframer, Stray
+from support.builders import chunk, event, usage
 
 
 def render(
@@ -66,32 +67,11 @@ def assert_sdk_parses(body: bytes) -> list[ServerSentEvent]:
     return events
 
 
-def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> bytes:
-    """One chat.completion.chunk, compact JSON."""
-    delta = {} if content is None else {"content": content}
-    obj = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        **extra,
-    }
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
+# Spaced as json.dumps spaces it, and without created or model: the ending is found in
+# any spelling of the usage chunk, not only the compact one.
 USAGE = json.dumps(
-    {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "choices": [],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-    }
+    {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage(1, 2)}
 ).encode()
-
-
-def ev(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
 
 
 # --- data events ----------------------------------------------------------------------
@@ -99,7 +79,7 @@ def ev(payload: bytes) -> bytes:
 
 def test_data_event_renders_as_one_data_line() -> None:
     _, out = render(b"data:" + chunk("hi") + b"\r\n\r\n")
-    assert out == b"data: " + chunk("hi") + b"\n\n"
+    assert out == event(chunk("hi"))
 
 
 def test_multi_line_data_renders_one_data_line_per_line() -> None:
@@ -122,7 +102,7 @@ def test_data_block_helper() -> None:
 
 def test_event_names_are_dropped_by_default() -> None:
     _, out = render(b"event: completion\ndata: " + chunk("a") + b"\n\n")
-    assert out == ev(chunk("a"))
+    assert out == event(chunk("a"))
 
 
 def test_keep_event_names_keeps_named_events() -> None:
@@ -132,7 +112,7 @@ def test_keep_event_names_keeps_named_events() -> None:
         b"event: message\ndata: " + payload + b"\n\n",
         keep_event_names=True,
     )
-    assert out == b"event: response.output_text.delta\n" + ev(payload) + ev(payload)
+    assert out == b"event: response.output_text.delta\n" + event(payload) + event(payload)
     events = assert_sdk_parses(out)
     assert [e.event for e in events] == ["response.output_text.delta", None]
 
@@ -264,7 +244,7 @@ def test_error_event_becomes_an_openai_error_with_its_message(data: bytes, messa
 
 def test_openai_error_passes_byte_for_byte() -> None:
     _, out = render(b"event: error\ndata: " + OPENAI_ERROR + b"\n\n")
-    assert out == ev(OPENAI_ERROR)
+    assert out == event(OPENAI_ERROR)
 
 
 def test_error_code_of_a_plain_object_is_kept() -> None:
@@ -335,7 +315,7 @@ def test_id_and_retry_lines_never_reach_the_client() -> None:
         b": comment after an id\n\n",
         b"id: 3\ndata: " + chunk(finish="stop") + b"\n\n",
     )
-    assert out == ev(chunk("a")) + b": comment after an id\n\n" + ev(chunk(finish="stop"))
+    assert out == event(chunk("a")) + b": comment after an id\n\n" + event(chunk(finish="stop"))
     assert not any(line.startswith((b"id", b"retry")) for line in out.split(b"\n"))
     # A remembered id would turn the comment block into an empty, unparseable event.
     assert len(assert_sdk_parses(out)) == 2
@@ -346,12 +326,12 @@ def test_id_and_retry_lines_never_reach_the_client() -> None:
 
 def test_done_is_last_and_everything_after_it_is_dropped() -> None:
     shaper, out = render(
-        ev(chunk("a")),
+        event(chunk("a")),
         b"data: [DONE]\n\n",
-        ev(chunk("b")) + b": late comment\n\nevent: error\ndata: x\n\n",
+        event(chunk("b")) + b": late comment\n\nevent: error\ndata: x\n\n",
         b'{"error": {"message": "late"}}\n',
     )
-    assert out == ev(chunk("a")) + DONE_EVENT
+    assert out == event(chunk("a")) + DONE_EVENT
     assert shaper.done
     assert shaper.repairs["after_done_dropped"] == 3
     assert not shaper.errored
@@ -383,30 +363,30 @@ def _truncation(body: bytes) -> dict[str, Any]:
 
 
 def test_finish_after_a_finish_reason_appends_done() -> None:
-    shaper, out = render(ev(chunk("a")), ev(chunk(finish="stop")))
-    assert out == ev(chunk("a")) + ev(chunk(finish="stop"))
+    shaper, out = render(event(chunk("a")), event(chunk(finish="stop")))
+    assert out == event(chunk("a")) + event(chunk(finish="stop"))
     assert shaper.finish() == DONE_EVENT
     assert shaper.repairs["done_appended"] == 1
 
 
 @pytest.mark.parametrize("reason", ["stop", "length", "tool_calls", "content_filter"])
 def test_any_non_null_finish_reason_ends_the_answer(reason: str) -> None:
-    shaper, _ = render(ev(chunk(finish=reason)))
+    shaper, _ = render(event(chunk(finish=reason)))
     assert shaper.finish() == DONE_EVENT
 
 
 def test_finish_reason_with_spaces_around_the_colon_ends_the_answer() -> None:
-    shaper, _ = render(ev(b'{"choices": [{"delta": {}, "finish_reason" : "stop"}]}'))
+    shaper, _ = render(event(b'{"choices": [{"delta": {}, "finish_reason" : "stop"}]}'))
     assert shaper.finish() == DONE_EVENT
 
 
 def test_finish_after_a_usage_chunk_with_empty_choices_appends_done() -> None:
-    shaper, _ = render(ev(chunk("a")), ev(USAGE))
+    shaper, _ = render(event(chunk("a")), event(USAGE))
     assert shaper.finish() == DONE_EVENT
 
 
 def test_finish_after_the_usage_chunk_that_follows_a_finish_reason_appends_done() -> None:
-    shaper, _ = render(ev(chunk("a")), ev(chunk(finish="stop")), ev(USAGE))
+    shaper, _ = render(event(chunk("a")), event(chunk(finish="stop")), event(USAGE))
     assert shaper.finish() == DONE_EVENT
 
 
@@ -414,14 +394,14 @@ def test_finish_after_the_usage_chunk_that_follows_a_finish_reason_appends_done(
     "chunks",
     [
         [],
-        [ev(chunk("a"))],
-        [ev(chunk("a")), ev(chunk("b"))],
+        [event(chunk("a"))],
+        [event(chunk("a")), event(chunk("b"))],
         [b": keep-alive\n\n", b"event: ping\ndata: {}\n\n"],
         # Azure's first chunk has empty choices but no usage: it ends nothing.
-        [ev(b'{"id":"","choices":[],"prompt_filter_results":[{"prompt_index":0}]}')],
+        [event(b'{"id":"","choices":[],"prompt_filter_results":[{"prompt_index":0}]}')],
         # A finish_reason inside the content is text, not a field.
-        [ev(chunk('he said "finish_reason": "stop"'))],
-        [ev(chunk('"choices": []'))],
+        [event(chunk('he said "finish_reason": "stop"'))],
+        [event(chunk('"choices": []'))],
     ],
     ids=["empty", "one_chunk", "two_chunks", "keepalives", "azure_filter", "quoted", "quoted2"],
 )
@@ -439,21 +419,21 @@ def test_finish_without_a_finish_reason_reports_truncation(chunks: list[bytes]) 
 
 
 def test_finish_after_done_returns_nothing() -> None:
-    shaper, _ = render(ev(chunk("a")), b"data: [DONE]\n\n")
+    shaper, _ = render(event(chunk("a")), b"data: [DONE]\n\n")
     assert shaper.finish() == b""
 
 
 def test_finish_adds_its_ending_only_once() -> None:
-    shaper, _ = render(ev(chunk(finish="stop")))
+    shaper, _ = render(event(chunk(finish="stop")))
     assert shaper.finish() == DONE_EVENT
     assert shaper.finish() == b""
-    shaper, _ = render(ev(chunk("a")))
+    shaper, _ = render(event(chunk("a")))
     assert shaper.finish() != b""
     assert shaper.finish() == b""
 
 
 def test_finish_without_check_endings_adds_nothing() -> None:
-    shaper, _ = render(ev(b'{"type":"response.created"}'), check_endings=False)
+    shaper, _ = render(event(b'{"type":"response.created"}'), check_endings=False)
     assert shaper.finish() == b""
 
 
@@ -643,7 +623,7 @@ def test_arbitrary_upstream_bytes_never_make_the_shaper_invent_unparseable_event
 def test_stray_items_render_like_their_lines() -> None:
     shaper = OpenAIShaper()
     assert shaper.render([Stray(b"junk")]) == b""
-    assert shaper.render([Stray(b'{"error": {"message": "m"}}')]) == ev(
+    assert shaper.render([Stray(b'{"error": {"message": "m"}}')]) == event(
         b'{"error": {"message": "m"}}'
     )
 

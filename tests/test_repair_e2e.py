@@ -19,56 +19,43 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from broken_upstreams import SCENARIOS, Scenario
 from multidict import CIMultiDictProxy
 
-from conftest import StartSeamline, Upstream, chunk, client, collect, config_text, text_of
-from proxy import logs
+from support.builders import (
+    DONE,
+    FILL_FIRST,
+    account,
+    chunk,
+    chunk_object,
+    compact,
+    conf,
+    config_text,
+    event,
+    key_of,
+    usage,
+    usage_chunk,
+)
+from support.clients import client, collect, text_of
+from support.logs import log_lines
+from support.seamline import StartSeamline
+from support.upstream import Upstream, play
 
-DONE = b"data: [DONE]\n\n"
 FIN = chunk(finish="stop")
 BODY: dict[str, Any] = {
     "model": "m",
     "messages": [{"role": "user", "content": "hi"}],
     "stream": True,
 }
-USAGE = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-
-
-def ev(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
-
-
-def compact(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+USAGE = usage(3, 5)
+USAGE_CHUNK = usage_chunk(3, 5)
 
 
 def delta_chunk(
     delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
 ) -> bytes:
-    """A chat.completion.chunk with an arbitrary delta."""
-    choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
-    return compact(
-        {
-            "id": "chatcmpl-2",
-            "object": "chat.completion.chunk",
-            "created": 2,
-            "model": "m",
-            "choices": [choice],
-            **extra,
-        }
-    )
-
-
-USAGE_CHUNK = compact(
-    {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [],
-        "usage": USAGE,
-    }
-)
+    """A chat.completion.chunk with an arbitrary delta, from a stream of its own id."""
+    return compact(chunk_object(delta, finish, id="chatcmpl-2", created=2, **extra))
 
 
 async def raw_post(
@@ -120,6 +107,21 @@ def only(up: Upstream, *pieces: bytes, **kw: Any) -> None:
     up.script(*pieces, **kw)
 
 
+# --- the demo's broken upstreams -----------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=list(SCENARIOS))
+async def test_every_broken_upstream_of_the_demo_reads_whole_or_ends_in_an_error(
+    upstream: Upstream, proxied: str, scenario: Scenario
+) -> None:
+    play(upstream, scenario)
+    if scenario.through is None:
+        with pytest.raises(openai.APIError, match="upstream stream ended"):
+            await collect(proxied)
+    else:
+        assert text_of(await collect(proxied)) == scenario.through
+
+
 # --- glued events --------------------------------------------------------------------
 
 GLUED_PAYLOADS = [chunk("Hel"), chunk("lo "), chunk("wörld"), FIN]
@@ -132,7 +134,7 @@ def glue(*payloads: bytes) -> bytes:
 
 # Two events glued together, then a finish glued to [DONE].
 GLUED = glue(*GLUED_PAYLOADS[:2]) + glue(*GLUED_PAYLOADS[2:], b"[DONE]")
-GLUED_OUT = b"".join(ev(p) for p in GLUED_PAYLOADS) + DONE
+GLUED_OUT = b"".join(event(p) for p in GLUED_PAYLOADS) + DONE
 
 
 def split_positions(raw: bytes, count: int = 30) -> list[int]:
@@ -206,9 +208,9 @@ async def test_glued_events_sent_one_byte_at_a_time(upstream: Upstream, proxied:
 async def test_multi_line_json_value_stays_one_event(
     upstream: Upstream, proxied: str, data_lines: list[bytes]
 ) -> None:
-    event = b"".join(b"data: " + line + b"\n" for line in data_lines) + b"\n"
-    raw = event + ev(FIN) + DONE
-    for cut in (0, 3, len(data_lines[0]) + 6, len(event) - 1):
+    block = b"".join(b"data: " + line + b"\n" for line in data_lines) + b"\n"
+    raw = block + event(FIN) + DONE
+    for cut in (0, 3, len(data_lines[0]) + 6, len(block) - 1):
         pieces = [raw[:cut], raw[cut:]] if cut else [raw]
         only(upstream, *pieces, pause=0.002)
         status, _, body = await raw_post(proxied)
@@ -220,10 +222,10 @@ async def test_multi_line_json_value_stays_one_event(
 
 
 async def test_finish_without_done_gets_done_appended(upstream: Upstream, proxied: str) -> None:
-    upstream.script(ev(chunk("a")), ev(chunk("b")), ev(FIN))
+    upstream.script(event(chunk("a")), event(chunk("b")), event(FIN))
     status, _, body = await raw_post(proxied)
     assert status == 200
-    assert body == ev(chunk("a")) + ev(chunk("b")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(chunk("b")) + event(FIN) + DONE
     chunks = await collect(proxied)
     assert text_of(chunks) == "ab"
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -232,10 +234,10 @@ async def test_finish_without_done_gets_done_appended(upstream: Upstream, proxie
 async def test_usage_chunk_without_done_gets_done_appended(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(ev(chunk("a")), ev(FIN), ev(USAGE_CHUNK))
+    upstream.script(event(chunk("a")), event(FIN), event(USAGE_CHUNK))
     status, _, body = await raw_post(proxied, {**BODY, "stream_options": {"include_usage": True}})
     assert status == 200
-    assert body == ev(chunk("a")) + ev(FIN) + ev(USAGE_CHUNK) + DONE
+    assert body == event(chunk("a")) + event(FIN) + event(USAGE_CHUNK) + DONE
     chunks = await collect(proxied, stream_options={"include_usage": True})
     assert text_of(chunks) == "a"
     assert chunks[-1].choices == []
@@ -245,12 +247,12 @@ async def test_usage_chunk_without_done_gets_done_appended(
 async def test_usage_chunk_seamline_asked_for_is_not_forwarded(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(ev(chunk("a")), ev(FIN), ev(USAGE_CHUNK))
+    upstream.script(event(chunk("a")), event(FIN), event(USAGE_CHUNK))
     status, _, body = await raw_post(proxied)
     sent = json.loads(upstream.requests[0]["body"])
     assert sent["stream_options"] == {"include_usage": True}
     assert status == 200
-    assert body == ev(chunk("a")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(FIN) + DONE
     chunks = await collect(proxied)
     assert [c.usage for c in chunks] == [None, None]
 
@@ -280,14 +282,14 @@ async def test_a_usage_chunk_of_any_shape_seamline_asked_for_is_not_forwarded(
         **ODD_USAGE_CHUNKS[shape],
         "usage": USAGE_OBJ,
     }
-    upstream.script(ev(chunk("a")), ev(FIN), ev(compact(odd)), DONE)
+    upstream.script(event(chunk("a")), event(FIN), event(compact(odd)), DONE)
     chunks = await collect(proxied)
     # Exactly the stream the client would have had without the option.
     assert text_of(chunks) == "a"
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert all(c.usage is None for c in chunks)
     _, _, body = await raw_post(proxied)
-    assert body == ev(chunk("a")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(FIN) + DONE
 
 
 async def test_a_usage_chunk_the_client_asked_for_is_kept_whatever_its_shape(
@@ -295,7 +297,7 @@ async def test_a_usage_chunk_the_client_asked_for_is_kept_whatever_its_shape(
 ) -> None:
     odd = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     odd |= {"choices": [{"index": 0, "delta": {}}], "usage": USAGE_OBJ}
-    upstream.script(ev(chunk("a")), ev(FIN), ev(compact(odd)), DONE)
+    upstream.script(event(chunk("a")), event(FIN), event(compact(odd)), DONE)
     chunks = await collect(proxied, stream_options={"include_usage": True})
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 8
 
@@ -304,7 +306,7 @@ async def test_a_finish_chunk_that_carries_the_usage_is_never_dropped(
     upstream: Upstream, proxied: str
 ) -> None:
     last = chunk(finish="stop", usage=USAGE_OBJ)
-    upstream.script(ev(chunk("a")), ev(last), DONE)
+    upstream.script(event(chunk("a")), event(last), DONE)
     chunks = await collect(proxied)
     assert [c.choices[0].finish_reason for c in chunks] == [None, "stop"]
 
@@ -319,7 +321,9 @@ async def test_a_completions_usage_chunk_seamline_asked_for_is_not_forwarded(
 
     usage = {"id": "c", "object": "text_completion", "created": 1, "model": "m"}
     usage |= {"choices": [{"index": 0}], "usage": USAGE_OBJ}
-    upstream.script(ev(text_chunk("a")), ev(text_chunk("", "stop")), ev(compact(usage)), DONE)
+    upstream.script(
+        event(text_chunk("a")), event(text_chunk("", "stop")), event(compact(usage)), DONE
+    )
     async with client(proxied) as c:
         stream = await c.completions.create(model="m", prompt="hi", stream=True)
         got = [ch async for ch in stream]
@@ -331,9 +335,9 @@ async def test_a_completions_usage_chunk_seamline_asked_for_is_not_forwarded(
 @pytest.mark.parametrize(
     "pieces",
     [
-        [ev(chunk("par")), ev(chunk("tial"))],
-        [ev(chunk("par")), b"data: " + chunk("tial")],  # cut inside an event
-        [ev(chunk("par")), ev(USAGE_CHUNK.replace(b'"choices":[]', NO_FINISH))],
+        [event(chunk("par")), event(chunk("tial"))],
+        [event(chunk("par")), b"data: " + chunk("tial")],  # cut inside an event
+        [event(chunk("par")), event(USAGE_CHUNK.replace(b'"choices":[]', NO_FINISH))],
     ],
     ids=["between_events", "inside_an_event", "usage_without_finish"],
 )
@@ -343,7 +347,7 @@ async def test_end_before_finish_reason_is_a_truncation_error(
     upstream.script(*pieces, ending=ending)
     status, _, body = await raw_post(proxied)
     assert status == 200
-    assert body.startswith(ev(chunk("par")))
+    assert body.startswith(event(chunk("par")))
     assert b"[DONE]" not in body
     err = last_error(body)
     assert err["type"] == "upstream_error"
@@ -360,10 +364,10 @@ async def test_a_cut_after_the_finish_reason_is_still_reported(
     # The text is whole, but the stream was cut (its usage chunk or [DONE] lost): the
     # client gets the text and then an error event, never a clean end.
     base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
-    upstream.script(ev(chunk("whole")), ev(FIN), ending=ending)
+    upstream.script(event(chunk("whole")), event(FIN), ending=ending)
     status, _, body = await raw_post(base)
     assert status == 200
-    assert body.startswith(ev(chunk("whole")) + ev(FIN))
+    assert body.startswith(event(chunk("whole")) + event(FIN))
     assert DONE not in body
     assert last_error(body)["type"] == "upstream_error"
     got, exc = await read_until_error(base)
@@ -373,14 +377,14 @@ async def test_a_cut_after_the_finish_reason_is_still_reported(
 
 async def test_nothing_after_done_is_forwarded(upstream: Upstream, proxied: str) -> None:
     upstream.script(
-        ev(chunk("a")),
-        ev(FIN) + DONE + ev(chunk("late")),
+        event(chunk("a")),
+        event(FIN) + DONE + event(chunk("late")),
         b": comment\n\n" + DONE + b'event: error\ndata: {"message": "late error"}\n\n',
-        ev(chunk("later")),
+        event(chunk("later")),
     )
     status, _, body = await raw_post(proxied)
     assert status == 200
-    assert body == ev(chunk("a")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(FIN) + DONE
     chunks = await collect(proxied)
     assert text_of(chunks) == "a"
 
@@ -390,11 +394,11 @@ async def test_done_ends_the_client_stream_while_the_upstream_stays_open(
 ) -> None:
     """A client that reads to the end (curl, openai-node) must not wait on the upstream."""
     base = await seamline(config_text(("acc1", upstream.url), server="heartbeat_s = 0.1"))
-    upstream.script(ev(chunk("a")), ev(FIN) + DONE, ending="hang")
+    upstream.script(event(chunk("a")), event(FIN) + DONE, ending="hang")
     started = time.monotonic()
     status, _, body = await asyncio.wait_for(raw_post(base), 5)
     assert status == 200
-    assert body == ev(chunk("a")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(FIN) + DONE
     assert time.monotonic() - started < 2
 
 
@@ -501,9 +505,9 @@ async def test_an_event_stream_with_a_wrong_content_type_is_still_relayed_as_one
     upstream.script(
         b"\xef\xbb",  # the first read ends inside the BOM: too early to tell
         b"\xbf: hello\r\n\r\n",
-        ev(chunk("wrong ")),
-        ev(chunk("label")),
-        ev(FIN),
+        event(chunk("wrong ")),
+        event(chunk("label")),
+        event(FIN),
         DONE,
         content_type=label,
     )
@@ -511,7 +515,10 @@ async def test_an_event_stream_with_a_wrong_content_type_is_still_relayed_as_one
         status, headers, body = await raw_post(proxied)
         assert status == 200
         assert headers["Content-Type"] == "text/event-stream"
-        assert body == b": hello\n\n" + ev(chunk("wrong ")) + ev(chunk("label")) + ev(FIN) + DONE
+        assert (
+            body
+            == b": hello\n\n" + event(chunk("wrong ")) + event(chunk("label")) + event(FIN) + DONE
+        )
         assert text_of(await collect(proxied)) == "wrong label"
     else:
         async with client(proxied) as c:
@@ -588,7 +595,7 @@ BARE_ERROR = b'{"error": {"message": "boom"}}\n'
 async def test_bare_error_line_first_in_a_stream_is_an_http_error(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(BARE_ERROR, ev(chunk("never")))
+    upstream.script(BARE_ERROR, event(chunk("never")))
     status, headers, body = await raw_post(proxied)
     assert status == 502
     assert headers["Content-Type"].startswith("application/json")
@@ -602,10 +609,10 @@ async def test_bare_error_line_first_in_a_stream_is_an_http_error(
 async def test_bare_error_line_after_chunks_is_an_error_event(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(ev(chunk("a")), ev(chunk("b")) + BARE_ERROR)
+    upstream.script(event(chunk("a")), event(chunk("b")) + BARE_ERROR)
     status, _, body = await raw_post(proxied)
     assert status == 200
-    assert body.startswith(ev(chunk("a")) + ev(chunk("b")))
+    assert body.startswith(event(chunk("a")) + event(chunk("b")))
     assert last_error(body)["message"] == "boom"
     assert b"[DONE]" not in body
     got, exc = await read_until_error(proxied)
@@ -633,7 +640,7 @@ def stream_answer() -> list[bytes]:
         delta_chunk(finish="tool_calls"),
         USAGE_CHUNK,
     ]
-    return [ev(p) for p in payloads] + [DONE]
+    return [event(p) for p in payloads] + [DONE]
 
 
 async def test_non_streaming_client_answered_with_a_stream_gets_one_completion(
@@ -670,11 +677,7 @@ async def test_non_streaming_client_answered_with_a_truncated_stream_gets_an_err
 async def test_force_stream_account_streams_upstream_and_answers_json(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
-    base = await seamline(
-        '[server]\nport = 0\n[state]\npath = ":memory:"\n'
-        f'[[accounts]]\nname = "forced"\nbase_url = "{upstream.url}"\n'
-        'api_key = "sk-test-forced-secret"\nforce_stream = true\n'
-    )
+    base = await seamline(config_text() + account("forced", upstream.url, force_stream=True))
     upstream.script(*stream_answer())
     async with client(base) as c:
         res = await c.chat.completions.create(
@@ -699,11 +702,11 @@ async def test_heartbeats_fill_a_silent_upstream(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
     base = await seamline(config_text(("acc1", upstream.url), server="heartbeat_s = 0.2"))
-    rest = ev(chunk("b")) + ev(FIN) + DONE
-    upstream.script(ev(chunk("a")), rest, pause=0.7)
+    rest = event(chunk("b")) + event(FIN) + DONE
+    upstream.script(event(chunk("a")), rest, pause=0.7)
     status, _, body = await raw_post(base)
     assert status == 200
-    first, after = body.split(ev(chunk("a")), 1)
+    first, after = body.split(event(chunk("a")), 1)
     assert first == b""
     beats, tail = after.split(rest, 1)
     assert tail == b""
@@ -715,24 +718,19 @@ async def test_heartbeats_fill_a_silent_upstream(
 
 async def test_heartbeat_zero_sends_none(upstream: Upstream, seamline: StartSeamline) -> None:
     base = await seamline(config_text(("acc1", upstream.url), server="heartbeat_s = 0"))
-    upstream.script(ev(chunk("a")), ev(FIN) + DONE, pause=0.5)
+    upstream.script(event(chunk("a")), event(FIN) + DONE, pause=0.5)
     status, _, body = await raw_post(base)
     assert status == 200
-    assert body == ev(chunk("a")) + ev(FIN) + DONE
+    assert body == event(chunk("a")) + event(FIN) + DONE
 
 
 # --- timeouts ------------------------------------------------------------------------
 
 
-def two_accounts(first: str, second: str, first_extra: str = "", top: str = "") -> str:
-    """Two accounts tried in order (fill_first); ``first_extra`` goes in the first's table."""
-    return (
-        f'[server]\nport = 0\nheartbeat_s = 0\n[state]\npath = ":memory:"\n'
-        f'[routing]\nstrategy = "fill_first"\n{top}\n'
-        f'[[accounts]]\nname = "one"\nbase_url = "{first}"\napi_key = "sk-test-one-secret"\n'
-        f"{first_extra}\n"
-        f'[[accounts]]\nname = "two"\nbase_url = "{second}"\napi_key = "sk-test-two-secret"\n'
-    )
+def two_accounts(first: str, second: str, first_timeouts: str = "", timeouts: str = "") -> str:
+    """Two accounts tried in order (fill_first), the first with timeouts of its own."""
+    one = account("one", first) + f"[accounts.timeouts]\n{first_timeouts}\n"
+    return conf(one, account("two", second), routing=FILL_FIRST, timeouts=timeouts, heartbeat_s=0)
 
 
 @pytest.fixture
@@ -775,16 +773,16 @@ async def test_connect_timeout_of_the_account_fails_over(
         two_accounts(
             black_hole,
             upstream.url,
-            "[accounts.timeouts]\nconnect = 0.2",
-            "[timeouts]\nconnect = 30",
+            "connect = 0.2",
+            "connect = 30",
         )
     )
-    upstream.script(ev(chunk("ok")), ev(FIN), DONE)
+    upstream.script(event(chunk("ok")), event(FIN), DONE)
     started = time.monotonic()
     chunks = await collect(base)
     assert time.monotonic() - started < 3
     assert text_of(chunks) == "ok"
-    assert upstream.requests[0]["headers"]["Authorization"] == "Bearer sk-test-two-secret"
+    assert upstream.requests[0]["headers"]["Authorization"] == f"Bearer {key_of('two')}"
 
 
 async def test_connect_timeout_of_the_only_account_is_a_504(
@@ -805,18 +803,18 @@ async def test_headers_timeout_of_the_account_fails_over(
         two_accounts(
             upstream.url,
             upstream.url,
-            "[accounts.timeouts]\nheaders = 0.2",
-            "[timeouts]\nheaders = 30",
+            "headers = 0.2",
+            "headers = 30",
         )
     )
-    upstream.script(ev(chunk("slow")), ev(FIN), DONE, delay_headers=2)
-    upstream.script(ev(chunk("fast")), ev(FIN), DONE)
+    upstream.script(event(chunk("slow")), event(FIN), DONE, delay_headers=2)
+    upstream.script(event(chunk("fast")), event(FIN), DONE)
     started = time.monotonic()
     chunks = await collect(base)
     assert time.monotonic() - started < 1.5
     assert text_of(chunks) == "fast"
     keys = [r["headers"]["Authorization"] for r in upstream.requests]
-    assert keys == ["Bearer sk-test-one-secret", "Bearer sk-test-two-secret"]
+    assert keys == [f"Bearer {key_of('one')}", f"Bearer {key_of('two')}"]
 
 
 @pytest.mark.parametrize(
@@ -833,17 +831,17 @@ async def test_idle_timeout_after_the_first_byte_per_account_override_wins(
     text = config_text(("acc1", upstream.url), extra=f"[timeouts]\nidle = {global_idle}")
     text += f"[accounts.timeouts]\nidle = {account_idle}\n"
     base = await seamline(text)
-    upstream.script(ev(chunk("a")), ev(chunk("b")), ev(FIN) + DONE, pause=0.5)
+    upstream.script(event(chunk("a")), event(chunk("b")), event(FIN) + DONE, pause=0.5)
     status, _, body = await raw_post(base)
     assert status == 200
     if times_out:
-        assert body.startswith(ev(chunk("a")))
+        assert body.startswith(event(chunk("a")))
         err = last_error(body)
         assert err["type"] == "upstream_error"
         assert err["code"] == "upstream_timeout"
         assert f"sent nothing for {account_idle:g}s" in err["message"]
     else:
-        assert body == ev(chunk("a")) + ev(chunk("b")) + ev(FIN) + DONE
+        assert body == event(chunk("a")) + event(chunk("b")) + event(FIN) + DONE
 
 
 async def test_a_slow_client_does_not_make_a_busy_upstream_idle(
@@ -853,15 +851,15 @@ async def test_a_slow_client_does_not_make_a_busy_upstream_idle(
     # the sockets between can hold: seamline waits on its client write, not on the
     # upstream, so the upstream must not be declared idle.
     base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
-    pieces = [ev(chunk("x" * 65536)) for _ in range(384)]
-    upstream.script(*pieces, ev(FIN), DONE, pause=0)
+    pieces = [event(chunk("x" * 65536)) for _ in range(384)]
+    upstream.script(*pieces, event(FIN), DONE, pause=0)
     async with (
         aiohttp.ClientSession() as s,
         s.post(base + "/chat/completions", json=BODY) as r,
     ):
         await asyncio.sleep(1.2)
         body = await r.read()
-    assert body == b"".join(pieces) + ev(FIN) + DONE
+    assert body == b"".join(pieces) + event(FIN) + DONE
 
 
 async def test_total_timeout_ends_the_stream_with_an_error_event(
@@ -870,12 +868,12 @@ async def test_total_timeout_ends_the_stream_with_an_error_event(
     text = config_text(("acc1", upstream.url), extra="[timeouts]\ntotal = 30\nidle = 30")
     text += "[accounts.timeouts]\ntotal = 0.5\n"
     base = await seamline(text)
-    upstream.script(*[ev(chunk(str(i))) for i in range(10)], ev(FIN), DONE, pause=0.1)
+    upstream.script(*[event(chunk(str(i))) for i in range(10)], event(FIN), DONE, pause=0.1)
     started = time.monotonic()
     status, _, body = await raw_post(base)
     assert time.monotonic() - started < 1.5
     assert status == 200
-    assert body.startswith(ev(chunk("0")))
+    assert body.startswith(event(chunk("0")))
     err = last_error(body)
     assert err["type"] == "upstream_error"
     assert err["code"] == "upstream_timeout"
@@ -889,7 +887,7 @@ async def test_total_timeout_message_names_the_total_timeout(
     base = await seamline(
         config_text(("acc1", upstream.url), extra="[timeouts]\ntotal = 0.3\nidle = 30")
     )
-    upstream.script(*[ev(chunk(str(i))) for i in range(10)], pause=0.1)
+    upstream.script(*[event(chunk(str(i))) for i in range(10)], pause=0.1)
     _, _, body = await raw_post(base)
     message = last_error(body)["message"]
     assert "0.3s" in message
@@ -897,20 +895,6 @@ async def test_total_timeout_message_names_the_total_timeout(
 
 
 # --- logs: non-JSON payloads and every repair kind -----------------------------------
-
-
-@pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """JSON log lines with DEBUG_STREAMING on, as the server writes them."""
-    monkeypatch.setenv("DEBUG_STREAMING", "true")
-    out = io.StringIO()
-    logs.configure(json_lines=True, stream=out)
-    yield out
-    logs.configure(json_lines=False, stream=io.StringIO())
-
-
-def log_lines(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
 
 
 async def summary(out: io.StringIO) -> dict[str, Any]:
@@ -925,35 +909,35 @@ async def summary(out: io.StringIO) -> dict[str, Any]:
 
 
 async def test_non_json_payload_is_forwarded_unchanged_and_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO
 ) -> None:
-    raw = ev(chunk("a")) + b"data: hello world\n\n" + ev(FIN) + DONE
+    raw = event(chunk("a")) + b"data: hello world\n\n" + event(FIN) + DONE
     upstream.script(raw)
     status, _, body = await raw_post(proxied)
     assert status == 200
     assert body == raw
-    assert (await summary(captured))["repairs"] == {"non_json_payload": 1}
+    assert (await summary(debug_log_output))["repairs"] == {"non_json_payload": 1}
 
 
 REPAIRS: dict[str, tuple[list[bytes], bool]] = {
     # kind: (upstream pieces, the client streams)
     "glued_events_split": ([glue(chunk("a"), FIN), DONE], True),
-    "done_appended": ([ev(chunk("a")), ev(FIN)], True),
-    "truncated": ([ev(chunk("a"))], True),
-    "after_done_dropped": ([ev(FIN), DONE + ev(chunk("late"))], True),
-    "ping_event_to_comment": ([b"event: ping\ndata: {}\n\n", ev(FIN), DONE], True),
-    "error_event": ([ev(chunk("a")), b'event: error\ndata: {"message": "x"}\n\n'], True),
-    "empty_block_dropped": ([b"data:\n\n", ev(FIN), DONE], True),
-    "non_json_payload": ([b"data: hello\n\n", ev(FIN), DONE], True),
-    "stray_line_dropped": ([b"garbage line\n", ev(FIN), DONE], True),
-    "bare_error_line": ([ev(chunk("a")), BARE_ERROR], True),
-    "stream_aggregated": ([ev(chunk("a")), ev(FIN), DONE], False),
+    "done_appended": ([event(chunk("a")), event(FIN)], True),
+    "truncated": ([event(chunk("a"))], True),
+    "after_done_dropped": ([event(FIN), DONE + event(chunk("late"))], True),
+    "ping_event_to_comment": ([b"event: ping\ndata: {}\n\n", event(FIN), DONE], True),
+    "error_event": ([event(chunk("a")), b'event: error\ndata: {"message": "x"}\n\n'], True),
+    "empty_block_dropped": ([b"data:\n\n", event(FIN), DONE], True),
+    "non_json_payload": ([b"data: hello\n\n", event(FIN), DONE], True),
+    "stray_line_dropped": ([b"garbage line\n", event(FIN), DONE], True),
+    "bare_error_line": ([event(chunk("a")), BARE_ERROR], True),
+    "stream_aggregated": ([event(chunk("a")), event(FIN), DONE], False),
 }
 
 
 @pytest.mark.parametrize("kind", [*sorted(REPAIRS), "json_to_stream"])
 async def test_every_repair_is_traced_and_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO, kind: str
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO, kind: str
 ) -> None:
     if kind == "json_to_stream":
         upstream.script(compact(COMPLETION), content_type="application/json")
@@ -963,15 +947,15 @@ async def test_every_repair_is_traced_and_counted(
         upstream.script(*pieces)
     status, _, _ = await raw_post(proxied, {**BODY, "stream": stream})
     assert status in (200, 502)
-    s = await summary(captured)
+    s = await summary(debug_log_output)
     assert s["repairs"].get(kind, 0) >= 1, s
-    traced = [ln for ln in log_lines(captured) if ln["event"] == "repair"]
+    traced = [ln for ln in log_lines(debug_log_output) if ln["event"] == "repair"]
     assert kind in {ln["kind"] for ln in traced}
     assert all(ln["request_id"] == s["request_id"] for ln in traced)
 
 
 async def test_repairs_inside_an_aggregated_stream_are_counted(
-    upstream: Upstream, proxied: str, captured: io.StringIO
+    upstream: Upstream, proxied: str, debug_log_output: io.StringIO
 ) -> None:
     upstream.script(glue(chunk("a"), FIN))
     async with client(proxied) as c:
@@ -979,7 +963,7 @@ async def test_repairs_inside_an_aggregated_stream_are_counted(
             model="m", messages=[{"role": "user", "content": "x"}]
         )
     assert res.choices[0].message.content == "a"
-    s = await summary(captured)
+    s = await summary(debug_log_output)
     assert s["repairs"] == {"stream_aggregated": 1, "glued_events_split": 1, "done_appended": 1}
-    kinds = {ln["kind"] for ln in log_lines(captured) if ln["event"] == "repair"}
+    kinds = {ln["kind"] for ln in log_lines(debug_log_output) if ln["event"] == "repair"}
     assert kinds == set(s["repairs"])

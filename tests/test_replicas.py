@@ -12,28 +12,18 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from replicas import RedisServer, Replica, redis_server, replicas, start_replica
 
-from conftest import Upstream, client, collect, sse_stream, text_of
 from proxy import config as cfg
 from proxy.pool.accounts import Limits, Pool
 from proxy.state.redis_link import RedisLink
 from proxy.state.shared import SharedPool
-
-__all__ = ["redis_server", "replicas"]  # fixtures, imported to be found by pytest
+from support.builders import account, completion, key_of, redis_config, sse_stream
+from support.clients import client, collect, get_json, text_of
+from support.redis_replicas import RedisServer, Replica, start_replica, two_replicas
+from support.upstream import Upstream
+from support.waiting import wait_for
 
 QUOTA_BODY = json.dumps({"error": {"code": "insufficient_quota", "message": "quota exceeded"}})
-COMPLETION = json.dumps(
-    {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-    }
-).encode()
 
 
 class _Any:
@@ -42,50 +32,6 @@ class _Any:
 
 
 ANY: Any = _Any()  # the client id in the refresh form is the default one; any will do
-
-
-def redis_config(url: str, accounts: str, routing: str = "round_robin") -> str:
-    return f"""
-[server]
-port = 0
-admin_key = "adm"
-metrics_public = true
-[routing]
-strategy = "{routing}"
-[state]
-backend = "redis"
-url = "{url}"
-sync_s = 0.1
-{accounts}
-"""
-
-
-def key_account(name: str, url: str, extra: str = "") -> str:
-    return f'[[accounts]]\nname = "{name}"\nbase_url = "{url}"\napi_key = "sk-{name}"\n{extra}\n'
-
-
-async def two_replicas(tmp_path: Path, replicas: list[Replica], text: str) -> list[Replica]:
-    path = tmp_path / "seamline.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    started = await asyncio.gather(start_replica(path), start_replica(path))
-    replicas.extend(started)
-    return list(started)
-
-
-async def get_json(url: str) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.get(url, headers={"Authorization": "Bearer adm"}) as r,
-    ):
-        return r.status, await r.json()
-
-
-async def wait_for(check: Any, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 def keys_used(upstream: Upstream) -> list[str]:
@@ -97,13 +43,13 @@ async def test_an_account_exhausted_through_replica_a_is_skipped_by_replica_b(
 ) -> None:
     upstream.script(QUOTA_BODY.encode(), status=429, content_type="application/json")
     upstream.script(*sse_stream("fine"))
-    accounts = key_account("a1", upstream.url) + key_account("a2", upstream.url)
+    accounts = account("a1", upstream.url) + account("a2", upstream.url)
     a, b = await two_replicas(
         tmp_path, replicas, redis_config(redis_server.url, accounts, "fill_first")
     )
 
     assert text_of(await collect(a.base_url)) == "fine"
-    assert keys_used(upstream) == ["sk-a1", "sk-a2"]
+    assert keys_used(upstream) == [key_of("a1"), key_of("a2")]
 
     async def b_knows() -> bool:
         _, body = await get_json(b.root + "/admin/accounts")
@@ -112,14 +58,14 @@ async def test_an_account_exhausted_through_replica_a_is_skipped_by_replica_b(
     await wait_for(b_knows)
     for _ in range(3):
         assert text_of(await collect(b.base_url)) == "fine"
-    assert keys_used(upstream) == ["sk-a1", "sk-a2", "sk-a2", "sk-a2", "sk-a2"]
+    assert keys_used(upstream) == [key_of("a1")] + [key_of("a2")] * 4
 
 
 async def test_an_rpm_limit_holds_across_both_replicas(
     upstream: Upstream, redis_server: RedisServer, replicas: list[Replica], tmp_path: Path
 ) -> None:
-    upstream.script(COMPLETION, content_type="application/json")
-    accounts = key_account("only", upstream.url, "rpm = 3")
+    upstream.script(completion("ok"), content_type="application/json")
+    accounts = account("only", upstream.url, rpm=3)
     a, b = await two_replicas(tmp_path, replicas, redis_config(redis_server.url, accounts))
 
     async def ask(base_url: str) -> str:
@@ -194,7 +140,7 @@ async def test_redis_killed_mid_traffic_fails_no_request_and_its_return_is_picke
     upstream: Upstream, redis_server: RedisServer, replicas: list[Replica], tmp_path: Path
 ) -> None:
     upstream.script(*sse_stream("fine"), pause=0.002)
-    accounts = key_account("a1", upstream.url) + key_account("a2", upstream.url)
+    accounts = account("a1", upstream.url) + account("a2", upstream.url)
     a, b = await two_replicas(tmp_path, replicas, redis_config(redis_server.url, accounts))
 
     async def connected(r: Replica) -> bool:

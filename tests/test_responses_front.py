@@ -10,28 +10,29 @@ import aiohttp
 import openai
 import pytest
 
-from conftest import StartSeamline, Upstream, chunk, client, config_text
+from support.builders import (
+    DONE,
+    chunk,
+    chunk_object,
+    compact,
+    config_text,
+    event,
+    repaired_quirks,
+    usage,
+)
+from support.clients import client
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
-USAGE = {
-    "prompt_tokens": 11,
-    "completion_tokens": 5,
-    "total_tokens": 16,
-    "prompt_tokens_details": {"cached_tokens": 3},
-}
-
-
-def _event(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
+USAGE = usage(11, 5, cached=3)
 
 
 def _usage_stream(*words: str, finish: str = "stop") -> list[bytes]:
     """A chat stream with its usage chunk after the finish, then [DONE]."""
-    out = [_event(chunk(w)) for w in words]
-    out.append(_event(chunk(finish=finish)))
-    usage = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
-             "model": "m", "choices": [], "usage": USAGE}  # fmt: skip
-    out.append(_event(json.dumps(usage).encode()))
-    out.append(b"data: [DONE]\n\n")
+    out = [event(chunk(w)) for w in words]
+    out.append(event(chunk(finish=finish)))
+    out.append(event(chunk(choices=[], usage=USAGE)))
+    out.append(DONE)
     return out
 
 
@@ -117,16 +118,15 @@ async def test_tool_calls_become_function_call_items_with_their_arguments(
         tc: dict[str, Any] = {"index": index, "function": fn}
         if "name" in fn:
             tc |= {"id": f"call_{index}", "type": "function"}
-        return chunk(tool_calls=[tc]).replace(b'"delta":{}', b'"delta":' + json.dumps(
-            {"tool_calls": [tc]}).encode())  # fmt: skip
+        return compact(chunk_object({"tool_calls": [tc]}))
 
     pieces = [
-        _event(call(0, name="get_weather", arguments="")),
-        _event(call(0, arguments='{"city":')),
-        _event(call(1, name="get_time", arguments='{"tz":"UTC"}')),
-        _event(call(0, arguments='"Paris"}')),
-        _event(chunk(finish="tool_calls")),
-        b"data: [DONE]\n\n",
+        event(call(0, name="get_weather", arguments="")),
+        event(call(0, arguments='{"city":')),
+        event(call(1, name="get_time", arguments='{"tz":"UTC"}')),
+        event(call(0, arguments='"Paris"}')),
+        event(chunk(finish="tool_calls")),
+        DONE,
     ]
     upstream.script(*pieces)
     tools = [
@@ -188,7 +188,7 @@ async def test_store_false_keeps_nothing(upstream: Upstream, proxied: str) -> No
 
 
 async def test_a_cut_stream_fails_and_never_completes(upstream: Upstream, proxied: str) -> None:
-    upstream.script(_event(chunk("partial ")), _event(chunk("answer")), ending="reset")
+    upstream.script(event(chunk("partial ")), event(chunk("answer")), ending="reset")
     events = await _events(proxied, input="hi")
     types = [e.type for e in events]
     assert "response.completed" not in types
@@ -202,7 +202,7 @@ async def test_a_cut_stream_fails_and_never_completes(upstream: Upstream, proxie
 
 
 async def test_a_stream_that_ends_before_its_finish_fails(upstream: Upstream, proxied: str) -> None:
-    upstream.script(_event(chunk("no finish")))
+    upstream.script(event(chunk("no finish")))
     events = await _events(proxied, input="hi")
     assert events[-1].type in ("response.failed", "error")
     assert "response.completed" not in [e.type for e in events]
@@ -212,7 +212,7 @@ async def test_an_error_event_mid_stream_fails_the_response(
     upstream: Upstream, proxied: str
 ) -> None:
     error = b'{"error":{"message":"model overloaded","type":"server_error"}}'
-    upstream.script(_event(chunk("some ")), _event(error))
+    upstream.script(event(chunk("some ")), event(error))
     events = await _events(proxied, input="hi")
     types = [e.type for e in events]
     assert "response.failed" in types and "response.completed" not in types
@@ -247,7 +247,7 @@ async def test_an_error_event_first_goes_to_the_next_account(
 ) -> None:
     base = await seamline(config_text(("a", upstream.url), ("b", upstream.url)))
     error = b'{"error":{"message":"upstream overloaded","code":"overloaded"}}'
-    upstream.script(_event(error))
+    upstream.script(event(error))
     upstream.script(*_usage_stream("second"))
     events = await _events(base, input="hi")
     assert [e.type for e in events].count("response.created") == 1
@@ -324,32 +324,14 @@ async def test_an_unknown_stored_id_is_an_openai_404(proxied: str) -> None:
     assert body["error"]["code"] == "response_not_found"
 
 
-def _quirks() -> dict[str, list[bytes]]:
-    """Upstream streams the chat route repairs, each meaning "Hello" with usage."""
-    payloads = [chunk("Hel"), chunk("lo"), chunk(finish="stop")]
-    usage = json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1,
-                        "model": "m", "choices": [], "usage": USAGE}).encode()  # fmt: skip
-    payloads.append(usage)
-    lf = b"".join(b"data: " + p + b"\n\n" for p in payloads) + b"data: [DONE]\n\n"
-    return {
-        "lf": [lf],
-        "crlf": [lf.replace(b"\n", b"\r\n")],
-        "cr_only": [lf.replace(b"\n", b"\r")],
-        "bom": [b"\xef\xbb\xbf" + lf],
-        "split_every_byte": [lf[i : i + 1] for i in range(len(lf))],
-        # No blank line between events: one event of several data lines.
-        "glued_events": [b"".join(b"data: " + p + b"\n" for p in payloads) + b"\n"],
-        "no_done": [lf.removesuffix(b"data: [DONE]\n\n")],
-        "no_space_after_colon": [lf.replace(b"data: ", b"data:")],
-        "comments_and_pings": [b": keep-alive\n\nevent: ping\ndata: {}\n\n" + lf],
-    }
+QUIRKS = repaired_quirks(USAGE)
 
 
-@pytest.mark.parametrize("quirk", sorted(_quirks()))
+@pytest.mark.parametrize("quirk", sorted(QUIRKS))
 async def test_every_quirk_the_chat_route_repairs_gives_the_meant_response(
     upstream: Upstream, proxied: str, quirk: str
 ) -> None:
-    upstream.script(*_quirks()[quirk], pause=0)
+    upstream.script(*QUIRKS[quirk], pause=0)
     events = await _events(proxied, input="hi")
     assert events[-1].type == "response.completed"
     final = events[-1].response
@@ -361,11 +343,8 @@ async def test_every_quirk_the_chat_route_repairs_gives_the_meant_response(
 async def test_reasoning_comes_as_a_reasoning_item_before_the_answer(
     upstream: Upstream, proxied: str
 ) -> None:
-    thinking = [
-        chunk().replace(b'"delta":{}', b'"delta":{"reasoning_content":"' + w + b'"}')
-        for w in (b"Let me ", b"think.")
-    ]
-    upstream.script(*[_event(p) for p in thinking], *_usage_stream("Answer."))
+    thinking = [compact(chunk_object({"reasoning_content": w})) for w in ("Let me ", "think.")]
+    upstream.script(*[event(p) for p in thinking], *_usage_stream("Answer."))
     events = await _events(proxied, input="hi", reasoning={"effort": "high"})
     final = events[-1].response
     assert [o.type for o in final.output] == ["reasoning", "message"]

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from conftest import Upstream, collect, sse_stream, text_of
+from support.builders import sse_stream
+from support.clients import collect, text_of
+from support.upstream import Upstream
 
 
 async def test_plain_stream_reaches_openai_client(upstream: Upstream, proxied: str) -> None:

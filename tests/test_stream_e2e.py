@@ -13,16 +13,10 @@ import pytest
 import yarl
 from aiohttp import web
 
-from conftest import (
-    StartSeamline,
-    Upstream,
-    chunk,
-    client,
-    collect,
-    config_text,
-    sse_stream,
-    text_of,
-)
+from support.builders import chunk, config_text, event, sse_stream
+from support.clients import client, collect, text_of
+from support.seamline import StartSeamline
+from support.upstream import Upstream
 
 WORDS = ["Hel", "lo, ", "wörld ", "€ ", "😀", "!"]
 EXPECTED = "".join(WORDS)
@@ -208,7 +202,7 @@ async def test_unreachable_upstream_gives_502(seamline: StartSeamline) -> None:
 
 async def test_error_event_is_raised_by_the_sdk(upstream: Upstream, proxied: str) -> None:
     upstream.script(
-        b"data: " + chunk("partial") + b"\n\n",
+        event(chunk("partial")),
         b'event: error\ndata: {"message": "overloaded, try later"}\n\n',
     )
     with pytest.raises(openai.APIError) as info:
@@ -220,7 +214,7 @@ async def test_error_event_is_raised_by_the_sdk(upstream: Upstream, proxied: str
 async def test_cut_stream_ends_with_an_error_event(
     upstream: Upstream, proxied: str, ending: str
 ) -> None:
-    upstream.script(b"data: " + chunk("par") + b"\n\n", b"data: " + chunk("tial"), ending=ending)
+    upstream.script(event(chunk("par")), b"data: " + chunk("tial"), ending=ending)
     status, _, body = await _raw_post(proxied, BODY)
     assert status == 200
     events = [e for e in body.split(b"\n\n") if e]
@@ -236,7 +230,7 @@ async def test_idle_upstream_times_out_with_an_error_event(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
     base = await seamline(config_text(("acc1", upstream.url), extra="[timeouts]\nidle = 0.3"))
-    upstream.script(b"data: " + chunk("slow") + b"\n\n", ending="hang")
+    upstream.script(event(chunk("slow")), ending="hang")
     status, _, body = await _raw_post(base, BODY)
     assert status == 200
     assert b'"upstream_error"' in body
@@ -255,22 +249,22 @@ async def test_oversized_event_ends_stream_with_error(
     upstream: Upstream, seamline: StartSeamline
 ) -> None:
     base = await seamline(config_text(("acc1", upstream.url), server="max_event_bytes = 1000"))
-    upstream.script(b"data: " + chunk("ok") + b"\n\n", b"data: " + b"x" * 5000, ending="hang")
+    upstream.script(event(chunk("ok")), b"data: " + b"x" * 5000, ending="hang")
     status, _, body = await _raw_post(base, BODY)
     assert status == 200
-    assert body.startswith(b"data: " + chunk("ok") + b"\n\n")
+    assert body.startswith(event(chunk("ok")))
     assert b"event_too_large" in body
 
 
 async def test_client_disconnect_closes_upstream_within_a_second(
     upstream: Upstream, proxied: str
 ) -> None:
-    upstream.script(b"data: " + chunk("thinking") + b"\n\n", ending="hang")
+    upstream.script(event(chunk("thinking")), ending="hang")
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as s:
         resp = await s.post(proxied + "/chat/completions", json=BODY)
         first = await resp.content.readuntil(b"\n\n")
-        assert first == b"data: " + chunk("thinking") + b"\n\n"
+        assert first == event(chunk("thinking"))
         resp.close()
         gone = loop.time()
     for _ in range(100):
@@ -283,19 +277,19 @@ async def test_client_disconnect_closes_upstream_within_a_second(
 
 async def test_slow_client_slows_the_upstream(upstream: Upstream, proxied: str) -> None:
     """Backpressure: seamline never holds the whole answer for a client that does not read."""
-    event = b"data: " + chunk("x" * 1000) + b"\n\n"
+    one = event(chunk("x" * 1000))
     total = 40_000  # ~45 MB if it were all buffered
-    upstream.script(*([event * 100] * (total // 100)), pause=0)
+    upstream.script(*([one * 100] * (total // 100)), pause=0)
     written_before = len(upstream.closed)
     async with aiohttp.ClientSession() as s:
         resp = await s.post(proxied + "/chat/completions", json=BODY)
-        await resp.content.readexactly(len(event))
+        await resp.content.readexactly(len(one))
         await asyncio.sleep(1.0)  # the client reads nothing for a second
         assert len(upstream.closed) == written_before, "upstream finished: nothing held it back"
-        received = len(event)
+        received = len(one)
         async for data in resp.content.iter_any():
             received += len(data)
-        assert received >= len(event) * total
+        assert received >= len(one) * total
 
 
 async def test_client_auth_when_api_keys_are_set(
@@ -391,7 +385,7 @@ async def _raw_upstream(*pieces: bytes) -> tuple[asyncio.Server, str]:
 async def test_bad_chunked_encoding_ends_stream_with_error_event(
     seamline: StartSeamline,
 ) -> None:
-    first = b"data: " + chunk("par") + b"\n\n"
+    first = event(chunk("par"))
     server, url = await _raw_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         + f"{len(first):x}\r\n".encode()
@@ -422,8 +416,8 @@ async def test_a_finished_stream_gives_its_upstream_connection_back_for_the_next
         peers.append(request.transport.get_extra_info("peername"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b"data: " + chunk("hi") + b"\n\n")
-        tail = b"data: " + chunk(finish="stop") + b"\n\n"
+        await resp.write(event(chunk("hi")))
+        tail = event(chunk(finish="stop"))
         await resp.write(tail + b"data: [DONE]\n\n" if ending == "done" else tail)
         await resp.write_eof()
         return resp

@@ -1,4 +1,5 @@
-"""proxy.upstream.wire against upstreams that lie, flood, or talk out of turn (tests/hostile.py)."""
+"""proxy.upstream.wire against upstreams that lie, flood, or talk out of turn (the corpus
+in support/hostile_upstreams.py, and more)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,15 @@ import random
 import socket
 
 import pytest
-from hostile import CASES, AiohttpDriver, Case, SeamlineDriver, run
-from peers import (
-    CHUNKED,
-    LAST_CHUNK,
-    OK,
-    STALE,
-    Peer,
-    Serve,
-    Upstream,
-    answer,
-    bomb,
-    call,
-    chunks,
-    client,
-    fetch,
-    first_then_ok,
-    large,
-    read_all,
-    serve,
-)
 
 from proxy.errors import UpstreamProtocolError
 from proxy.upstream import conn as wire_conn
 from proxy.upstream import response as wire_response
 from proxy.upstream import wire
-
-__all__ = ["client", "serve"]  # fixtures, imported to be found by pytest
+from support.builders import CHUNKED, LAST_CHUNK, OK, STALE, bomb, chunks, large
+from support.hostile_upstreams import CASES, AiohttpDriver, Case, SeamlineDriver, run
+from support.upstream import Peer, RawUpstream, StartRawUpstream, answer, first_then_ok
+from support.wire_client import call, fetch, read_all
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -65,7 +48,7 @@ async def test_aiohttp_against_the_same_corpus_does_what_was_recorded(case: Case
 
 
 async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_request(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     # A pulled answer that ends in the read that pauses the socket: before, its
     # connection was pooled with reading paused, and the unasked bytes became the next
@@ -82,29 +65,29 @@ async def test_bytes_sent_on_an_idle_pooled_connection_never_reach_the_next_requ
 
     for _ in range(3):
         sent.clear()
-        up = await serve(first_then_ok(handler))
-        _, body = await fetch(client, up.url())
+        up = await raw_upstream(first_then_ok(handler))
+        _, body = await fetch(wire_client, up.url())
         assert len(body) == 400 * 1024
         await asyncio.wait_for(sent.wait(), 5)
         assert await up.peers[0].closed(), "the idle connection was read, and closed"
-        _, body = await fetch(client, up.url())
+        _, body = await fetch(wire_client, up.url())
         assert body == b"ok"
         assert len(up.peers) == 2
 
 
 async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reused(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await answer(peer, OK)
 
-    up = await serve(first_then_ok(handler))
-    await fetch(client, up.url())
+    up = await raw_upstream(first_then_ok(handler))
+    await fetch(wire_client, up.url())
     await asyncio.sleep(0.05)
     # Written past the loop, and the request made before the loop runs again: the
     # bytes wait in the socket, and only a look at the socket itself finds them.
     os.write(up.peers[0].writer.get_extra_info("socket").fileno(), STALE)
-    resp, body = await fetch(client, up.url())
+    resp, body = await fetch(wire_client, up.url())
     assert (resp.status, body) == (200, b"ok")
     assert len(up.peers) == 2
     assert await up.peers[0].closed()
@@ -124,7 +107,11 @@ async def test_a_pooled_connection_with_bytes_waiting_unseen_is_closed_not_reuse
 )
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
-    serve: Serve, client: wire.ConnectionPool, prefix: bytes, unit: bytes, mode: str
+    raw_upstream: StartRawUpstream,
+    wire_client: wire.ConnectionPool,
+    prefix: bytes,
+    unit: bytes,
+    mode: str,
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
@@ -139,8 +126,8 @@ async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
             return
         await peer.until_closed()
 
-    up = await serve(handler)
-    resp = await call(client, up.url())
+    up = await raw_upstream(handler)
+    resp = await call(wire_client, up.url())
     got: list[bytes] = []
     with pytest.raises(UpstreamProtocolError, match=r"more than 65536 bytes of trailers or"):
         if mode == "pulled":
@@ -159,7 +146,7 @@ async def test_endless_bytes_outside_the_body_are_refused_past_the_head_bound(
 
 @pytest.mark.parametrize("mode", ["pulled", "pushed"])
 async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refused(
-    serve: Serve, client: wire.ConnectionPool, mode: str
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, mode: str
 ) -> None:
     # 15 times the bound in chunk framing, sent in pieces cut at random, so that some
     # reads hold framing only: each body piece starts the count again.
@@ -179,8 +166,8 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
             await asyncio.sleep(0)
         await answer(peer, OK)
 
-    up = await serve(handler)
-    resp = await call(client, up.url())
+    up = await raw_upstream(handler)
+    resp = await call(wire_client, up.url())
     if mode == "pulled":
         body = await read_all(resp)
     else:
@@ -189,7 +176,7 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
         body = b"".join(got)
     resp.close()
     assert body == b"".join(pieces)
-    _, body = await fetch(client, up.url())
+    _, body = await fetch(wire_client, up.url())
     assert body == b"ok"
     assert len(up.peers) == 1
 
@@ -205,31 +192,31 @@ async def test_a_long_chunked_stream_of_tiny_chunks_cut_anywhere_is_never_refuse
     ],
 )
 async def test_a_1xx_answer_with_a_body_is_refused_and_never_glued_to_the_answer(
-    serve: Serve, client: wire.ConnectionPool, interim: bytes
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool, interim: bytes
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(interim + OK)
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await raw_upstream(handler)
     with pytest.raises(UpstreamProtocolError, match="1xx answer with a body"):
-        await call(client, up.url())
+        await call(wire_client, up.url())
     assert await up.peers[0].closed()
 
 
 async def test_a_1xx_answer_with_an_empty_length_is_skipped(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
-    up = await serve(
+    up = await raw_upstream(
         lambda peer: answer(peer, b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n" + OK)
     )
-    resp, body = await fetch(client, up.url())
+    resp, body = await fetch(wire_client, up.url())
     assert (resp.status, body) == (200, b"ok")
 
 
 async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
@@ -243,10 +230,10 @@ async def test_an_unsolicited_101_is_a_clean_protocol_error_with_no_traceback(
         )
         await peer.until_closed()
 
-    up = await serve(handler)
+    up = await raw_upstream(handler)
     try:
         with pytest.raises(UpstreamProtocolError, match=r"switched protocols \(101\) unasked"):
-            await call(client, up.url())
+            await call(wire_client, up.url())
         assert await up.peers[0].closed()
         await asyncio.sleep(0.05)
     finally:
@@ -274,16 +261,20 @@ async def _answer_then_read_and_close(peer: Peer) -> None:
     ],
 )
 async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable(
-    serve: Serve, client: wire.ConnectionPool, method: str, headers: dict[str, str], copies: int
+    raw_upstream: StartRawUpstream,
+    wire_client: wire.ConnectionPool,
+    method: str,
+    headers: dict[str, str],
+    copies: int,
 ) -> None:
-    up = await serve(first_then_ok(_answer_then_read_and_close))
-    await fetch(client, up.url())
+    up = await raw_upstream(first_then_ok(_answer_then_read_and_close))
+    await fetch(wire_client, up.url())
     body = b'{"n": 2}' if method != "GET" else b""
     if copies == 1:
         with pytest.raises(UpstreamProtocolError, match="not sent again"):
-            await fetch(client, up.url("/v1/second"), method, body, headers)
+            await fetch(wire_client, up.url("/v1/second"), method, body, headers)
     else:
-        resp, got = await fetch(client, up.url("/v1/second"), method, body, headers)
+        resp, got = await fetch(wire_client, up.url("/v1/second"), method, body, headers)
         assert (resp.status, got) == (200, b"ok")
     second = [r for r in up.requests if r.startswith(f"{method} /v1/second ".encode())]
     assert len(second) == copies
@@ -291,23 +282,23 @@ async def test_a_request_the_upstream_read_goes_again_only_when_it_is_replayable
 
 
 async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_new_one(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(OK)
         await peer.until_closed()
 
-    up = await serve(first_then_ok(handler))
-    await fetch(client, up.url())
-    conn = next(iter(client._idle[("http", "127.0.0.1", up.port, None)]))
+    up = await raw_upstream(first_then_ok(handler))
+    await fetch(wire_client, up.url())
+    conn = next(iter(wire_client._idle[("http", "127.0.0.1", up.port, None)]))
     assert conn.transport is not None
     # Dead for writing, and nothing to read yet: the pool cannot tell until the write
     # fails (EPIPE), before any byte of the request reached the upstream.
     fd = conn.transport.get_extra_info("socket").fileno()
     with socket.socket(fileno=os.dup(fd)) as sock:
         sock.shutdown(socket.SHUT_WR)
-    resp, body = await fetch(client, up.url("/v1/second"), "POST", b'{"n": 2}')
+    resp, body = await fetch(wire_client, up.url("/v1/second"), "POST", b'{"n": 2}')
     assert (resp.status, body) == (200, b"ok")
     second = [r for r in up.requests if r.startswith(b"POST /v1/second ")]
     assert len(second) == 1, "the first write never reached the upstream"
@@ -317,7 +308,9 @@ async def test_a_post_whose_write_finds_the_connection_closed_goes_again_on_a_ne
 # -- compressed bodies ------------------------------------------------------------------
 
 
-async def _serve_bomb(serve: Serve, go: asyncio.Event | None = None) -> Upstream:
+async def _serve_bomb(
+    raw_upstream: StartRawUpstream, go: asyncio.Event | None = None
+) -> RawUpstream:
     """An upstream whose first answer is 64 KiB of gzip that inflates to 64 MiB (its
     body once ``go`` is set, when given)."""
     data = bomb()
@@ -333,14 +326,14 @@ async def _serve_bomb(serve: Serve, go: asyncio.Event | None = None) -> Upstream
             await peer.send(data)
         await answer(peer, OK)
 
-    return await serve(handler)
+    return await raw_upstream(handler)
 
 
 async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
-    up = await _serve_bomb(serve)
-    resp = await call(client, up.url())
+    up = await _serve_bomb(raw_upstream)
+    resp = await call(wire_client, up.url())
     size = largest = 0
     async with asyncio.timeout(20):
         while piece := await resp.read():
@@ -355,17 +348,17 @@ async def test_a_compressed_body_is_inflated_a_step_at_a_time_for_a_slow_reader(
     assert largest <= wire_response._HIGH_WATER + wire_response._INFLATE_STEP
     # The body ended (all of it in) while most of it was still to inflate: its
     # connection went back to the pool at once, and serves the next request.
-    _, body = await fetch(client, up.url())
+    _, body = await fetch(wire_client, up.url())
     assert body == b"ok"
     assert len(up.peers) == 1
 
 
 async def test_a_pushed_compressed_body_inflates_nothing_while_its_reader_holds_it(
-    serve: Serve, client: wire.ConnectionPool
+    raw_upstream: StartRawUpstream, wire_client: wire.ConnectionPool
 ) -> None:
     go = asyncio.Event()
-    up = await _serve_bomb(serve, go)
-    resp = await call(client, up.url())
+    up = await _serve_bomb(raw_upstream, go)
+    resp = await call(wire_client, up.url())
     got: list[int] = []
 
     def sink(piece: bytes) -> None:

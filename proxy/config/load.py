@@ -20,6 +20,7 @@ from .model import (
     Config,
     ConfigError,
     Kind,
+    ReasoningSwitch,
     ResponsesConfig,
     RoutingConfig,
     ServerConfig,
@@ -28,6 +29,8 @@ from .model import (
     Timeouts,
 )
 from .reader import Reader
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com/v1"
 
 
 def _positive(r: Reader, name: str, value: float) -> float:
@@ -187,6 +190,9 @@ def _account(r: Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountCo
             if url:
                 _base_url(Reader(r.path, {}, r.key(key)), url)
         client_id = r.get("client_id", str, "")
+    elif kind is Kind.ANTHROPIC:
+        credentials = token_url = device_url = client_id = ""
+        base_url = _base_url(r, r.get("base_url", str, ANTHROPIC_BASE_URL))
     else:
         credentials = token_url = device_url = client_id = ""
         base_url = _base_url(r, r.require("base_url", str))
@@ -200,7 +206,7 @@ def _account(r: Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountCo
         api_key=api_key,
         headers=r.header_table("headers"),
         kind=kind,
-        api=r.choice("api", Api, Api.CHAT),
+        api=r.choice("api", Api, Api.MESSAGES if kind is Kind.ANTHROPIC else Api.CHAT),
         credentials=credentials,
         token_url=token_url,
         device_url=device_url,
@@ -213,6 +219,10 @@ def _account(r: Reader, env: Mapping[str, str], timeouts: Timeouts) -> AccountCo
         daily_requests=_count(r, "daily_requests", 0),
         quota_reset=_quota_reset(r),
         force_stream=r.get("force_stream", bool, False),
+        reasoning_switch=r.choice(
+            "reasoning_switch", ReasoningSwitch, ReasoningSwitch.REASONING_EFFORT
+        ),
+        top_k=r.get("top_k", bool, False),
         timeouts=sub_timeouts,
         proxy=_proxy(r, env),
     )

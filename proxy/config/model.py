@@ -54,14 +54,26 @@ class Kind(StrEnum):
 
     API_KEY = "api_key"
     QWEN_OAUTH = "qwen-oauth"
+    ANTHROPIC = "anthropic"  # Anthropic's API: the key as x-api-key, anthropic-version set
 
 
 class Api(StrEnum):
-    """Which API an account's upstream speaks for conversations: chat completions, or
-    OpenAI's Responses API (each front's requests are translated to it)."""
+    """Which API an account's upstream speaks for conversations: chat completions,
+    OpenAI's Responses API or Anthropic's Messages API (each front's requests are
+    translated to it)."""
 
     CHAT = "chat"
     RESPONSES = "responses"
+    MESSAGES = "messages"  # Anthropic's Messages API (kind = "anthropic" says it)
+
+
+class ReasoningSwitch(StrEnum):
+    """How a chat upstream is asked to think (a Messages request's ``thinking``): the
+    field it reads."""
+
+    REASONING_EFFORT = "reasoning_effort"  # OpenAI's, DeepSeek's, OpenRouter's
+    ENABLE_THINKING = "enable_thinking"  # DashScope/Qwen (and its thinking_budget)
+    CHAT_TEMPLATE_KWARGS = "chat_template_kwargs"  # vLLM/SGLang: enable_thinking in it
 
 
 class Strategy(StrEnum):
@@ -93,6 +105,8 @@ class AccountConfig:
     daily_requests: int = 0
     quota_reset: tuple[int, int, str] = (0, 0, "UTC")
     force_stream: bool = False
+    reasoning_switch: ReasoningSwitch = ReasoningSwitch.REASONING_EFFORT
+    top_k: bool = False  # the upstream takes top_k (Anthropic clients send it)
     timeouts: Timeouts | None = None  # overrides of the global [timeouts]
     # An HTTP proxy, DIRECT ("direct": none), or None: the environment decides.
     proxy: Setting = None

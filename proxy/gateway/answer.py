@@ -19,7 +19,7 @@ from proxy.core.plan import Wants
 from proxy.core.shaper import JSON_SPACE, OpenAIShaper
 from proxy.core.sse import looks_like_sse
 from proxy.errors import UpstreamError
-from proxy.gateway.attempt import UpstreamAnswer
+from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
 from proxy.gateway.collect import collect_stream, first_read
 from proxy.gateway.context import Call
 from proxy.gateway.outcome import Outcome
@@ -127,6 +127,17 @@ async def make_answer(
         chunks = _json_to_stream(outcome, headers, resp.status, data, obj, wants, tracer, secrets)
         return chunks, usage, None
     return _json(outcome, headers, resp.status, data, secrets), usage, None
+
+
+def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
+    """An upstream's error answer as the client gets it."""
+    headers = answer.headers
+    headers["X-Request-ID"] = outcome.request_id
+    headers["Content-Type"] = "application/json"
+    # Some upstreams echo the key they were sent; it must not reach the client.
+    data = normalize_error(redactor.scrub_known(answer.body))
+    outcome.answered(answer.status, len(data))
+    return Reply(answer.status, data, headers)
 
 
 def _no_completion(obj: dict[str, Any] | None, stream: bool) -> bool:

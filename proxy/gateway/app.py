@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.errors import UpstreamError
-from proxy.gateway import responses, routes, serving
+from proxy.gateway import messages, responses, routes, serving
 from proxy.gateway.appstate import APP, App
 from proxy.gateway.forward import forward
 from proxy.gateway.gate import Gate
@@ -81,6 +81,12 @@ async def _expect_later(request: web.Request) -> None:
 _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
     (routes.RESPONSES.label, routes.RESPONSES.methods, client_route(responses.create)),
     (routes.STORED_RESPONSE.label, routes.STORED_RESPONSE.methods, client_route(responses.stored)),
+    (routes.MESSAGES.label, routes.MESSAGES.methods, messages.anthropic_route(messages.create)),
+    (
+        routes.COUNT_TOKENS.label,
+        routes.COUNT_TOKENS.methods,
+        messages.anthropic_route(messages.tokens),
+    ),
     (r"/v1/{tail:[\s\S]+}", ("GET", "POST"), proxy),
     *(
         (route.label, route.methods, handler)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import aiohttp
 from multidict import CIMultiDict
 
-from proxy.config import AccountConfig, Api, Config
+from proxy.config import AccountConfig, Config
 from proxy.errors import (
     UpstreamConnectTimeout,
     UpstreamError,
@@ -102,7 +102,7 @@ async def attempt(
 ) -> UpstreamAnswer | FailedAnswer | FailedOver:
     """One account: a usable answer, a client error, or FailedOver (pool told)."""
     pool, config, outcome, tracer = router.pool, router.config, call.outcome, call.tracer
-    path, bodies = call.for_account(acc.api is Api.RESPONSES)
+    path, bodies = call.for_account(acc.api, acc.name)
     scope = call.route.scope
     fingerprint = bodies.fingerprint
     timeouts = config.timeouts_for(acc)

@@ -8,6 +8,7 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config import Api
 from proxy.core.plan import Bodies, Wants
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.routes import Route
@@ -39,15 +40,24 @@ class Call:
     # The request for accounts that speak the Responses API (``api = "responses"``),
     # sent to /v1/responses; None: such accounts are not asked.
     native: Bodies | None = None
+    # The request for accounts that speak Anthropic's Messages API, sent to /v1/messages.
+    messages: Bodies | None = None
     excluded: tuple[str, ...] = ()  # accounts that cannot serve this request
+    # Chat bodies for the accounts that take another than ``bodies`` (a translated
+    # request asks each upstream in its own words, e.g. its reasoning switch).
+    own: Mapping[str, Bodies] | None = None
 
     def started(self) -> None:
-        self.bodies = self.native = None
+        self.bodies = self.native = self.messages = self.own = None
         self.headers = _NO_HEADERS
 
-    def for_account(self, responses_api: bool) -> tuple[str, Bodies]:
+    def for_account(self, api: Api, name: str) -> tuple[str, Bodies]:
         """The upstream path (after /v1/) and the bodies for one account."""
-        if responses_api and self.native is not None:
+        if api is Api.RESPONSES and self.native is not None:
             return "responses", self.native
+        if api is Api.MESSAGES and self.messages is not None:
+            return "messages", self.messages
+        if self.own is not None and name in self.own:
+            return self.path, self.own[name]
         assert self.bodies is not None
         return self.path, self.bodies

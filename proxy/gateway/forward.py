@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from proxy.config import Config
+from proxy.core.dialects.anthropic_reverse import ChatRequestError, to_messages
 from proxy.core.dialects.native_request import chat_to_responses_request
 from proxy.core.dialects.responses_common import RequestError
-from proxy.core.openai import normalize_error
 from proxy.core.plan import Bodies, ClientRequest, inspect_body, plan_request
-from proxy.gateway import native
-from proxy.gateway.answer import make_answer
+from proxy.gateway import anthropic_accounts, native
+from proxy.gateway.answer import failed_reply, make_answer
 from proxy.gateway.attempt import FailedAnswer
 from proxy.gateway.context import Call
 from proxy.gateway.outcome import Outcome
@@ -18,7 +18,7 @@ from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
 from proxy.gateway.routes import api_route
 from proxy.gateway.routing import Router
-from proxy.logs import get_logger, redactor
+from proxy.logs import get_logger
 from proxy.upstream.wire import Response
 
 log = get_logger("seamline")
@@ -50,6 +50,9 @@ async def forward(
     )
     if route.scope == "chat" and req.obj is not None:
         _for_responses_accounts(call, config, req.obj)
+        _for_messages_accounts(call, config, req.obj)
+    elif route.scope == "completions":
+        call.excluded = anthropic_accounts.messages_accounts(config)
     # A stream can live for minutes: keep nothing of the request body alive meanwhile
     # (``call`` lets go of it once the first byte has gone to the client).
     del raw, req, plan
@@ -64,7 +67,11 @@ async def forward(
         completed = False
         streams.add(answer.response)
         try:
-            make = native.chat_answer if native.speaks_responses(answer) else make_answer
+            make = make_answer
+            if native.speaks_responses(answer):
+                make = native.chat_answer
+            elif anthropic_accounts.speaks_messages(answer):
+                make = anthropic_accounts.chat_answer
             result, usage, early = await make(request, config, answer, call)
             completed = True
         finally:
@@ -89,18 +96,22 @@ def _for_responses_accounts(call: Call, config: Config, obj: dict[str, object]) 
     try:
         made = chat_to_responses_request({**obj, "model": call.model})
     except RequestError:
-        call.excluded = names
+        call.excluded = (*call.excluded, *names)
         return
     body = json.dumps(made.body, ensure_ascii=False, separators=(",", ":")).encode()
     call.native = Bodies(body, fingerprint=call.bodies.fingerprint if call.bodies else 0)
 
 
-def failed_reply(answer: FailedAnswer, outcome: Outcome) -> Reply:
-    """An upstream's error answer as the client gets it."""
-    headers = answer.headers
-    headers["X-Request-ID"] = outcome.request_id
-    headers["Content-Type"] = "application/json"
-    # Some upstreams echo the key they were sent; it must not reach the client.
-    data = normalize_error(redactor.scrub_known(answer.body))
-    outcome.answered(answer.status, len(data))
-    return Reply(answer.status, data, headers)
+def _for_messages_accounts(call: Call, config: Config, obj: dict[str, object]) -> None:
+    """The chat request as an Anthropic Messages request, for Anthropic accounts; when
+    it cannot be one (``n`` > 1), those accounts are left out."""
+    names = anthropic_accounts.messages_accounts(config)
+    if not names:
+        return
+    try:
+        made = to_messages({**obj, "model": call.model})
+    except ChatRequestError:
+        call.excluded = (*call.excluded, *names)
+        return
+    body = json.dumps(made.body, ensure_ascii=False, separators=(",", ":")).encode()
+    call.messages = Bodies(body, fingerprint=call.bodies.fingerprint if call.bodies else 0)

@@ -13,23 +13,69 @@ completion.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from multidict import CIMultiDict
 
 from proxy.config import Config
 from proxy.core.convert import completion_to_sse
-from proxy.core.openai import normalize_error
+from proxy.core.openai import error_status, normalize_error
+from proxy.core.plan import Bodies
+from proxy.core.shaper import OpenAIShaper
 from proxy.core.sse import Event, EventTooLarge, Item, Reframer
 from proxy.errors import UpstreamError
-from proxy.gateway.attempt import UpstreamAnswer
+from proxy.gateway.answer import failed_reply
+from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
+from proxy.gateway.collect import collect_stream
 from proxy.gateway.context import Call
 from proxy.gateway.relay import SSE_HEADERS, ClientSide, ClientStream, EarlyError
 from proxy.gateway.reply import Reply, Streamed
+from proxy.gateway.routing import Router
 from proxy.logs import mask
 from proxy.upstream.call import IdleWatch, read_body
+from proxy.upstream.wire import Response
+
+Answered = tuple[Reply, tuple[int, bytes] | None, tuple[int, int] | None]
+
+
+async def route(
+    router: Router,
+    streams: set[Response],
+    call: Call,
+    answer_with: Callable[[UpstreamAnswer], Awaitable[Answered]],
+) -> Reply:
+    """A translated front's routing loop: accounts in turn until one answers; an answer
+    that failed before anything reached the client (its (status, error) given) goes to
+    the next account when the failure was the account's. ``answer_with`` makes the
+    client's answer from one upstream answer: (reply, early failure, usage).
+
+    The chat route has its own copy of this loop (``forward``): there a closure and
+    this coroutine's frame would be two more objects held for each stream's life."""
+    outcome = call.outcome
+    while True:
+        answer = await router.open(call)
+        if isinstance(answer, FailedAnswer):
+            return failed_reply(answer, outcome)
+        streams.add(answer.response)
+        early: tuple[int, bytes] | None = None
+        usage: tuple[int, int] | None = None
+        completed = False
+        try:
+            reply, early, usage = await answer_with(answer)
+            completed = True
+        finally:
+            streams.discard(answer.response)
+            if early is None:
+                # Also when the client left midway: the account is released.
+                router.finish(answer, outcome, usage, completed)
+        if early is None:
+            return reply
+        failover = router.early_error(answer, early[0], early[1], outcome)
+        if not (failover and router.may_retry(call)):
+            return reply
+        outcome.error = None
 
 
 class Translator(Protocol):
@@ -70,6 +116,7 @@ async def translate_stream(
     translator: Translator,
     content_type: str = "text/event-stream",
     extra_headers: Mapping[str, str] | None = None,
+    stream_class: type[ClientStream] = ClientStream,
 ) -> Translated:
     """Relay an upstream chat answer (an event stream, or one JSON completion) to the
     client through ``translator``."""
@@ -80,7 +127,7 @@ async def translate_stream(
     headers["Content-Type"] = content_type
     headers["X-Request-ID"] = call.outcome.request_id
     headers.update(extra_headers or {})
-    client = ClientStream(
+    client = stream_class(
         request,
         200,
         headers,
@@ -160,3 +207,50 @@ def _as_stream(data: bytes) -> bytes:
     if isinstance(obj, dict) and isinstance(obj.get("choices"), list) and not obj.get("error"):
         return completion_to_sse(obj, include_usage=True)
     return b"data: " + normalize_error(data) + b"\n\n"
+
+
+async def read_completion(config: Config, answer: UpstreamAnswer) -> dict[str, Any] | bytes:
+    """A whole chat completion from the upstream's answer (a JSON completion, or an
+    event stream collected into one), or the OpenAI error payload it failed with."""
+    resp = answer.response
+    timeouts = config.timeouts_for(answer.account)
+    limit = config.server.max_event_bytes * 8
+    if resp.content_type == "text/event-stream":
+        agg, error = await collect_stream(
+            resp, timeouts, config.server.max_event_bytes, limit, OpenAIShaper()
+        )
+        if error is not None:
+            return error
+        completion: Any = agg.result()
+        return completion if isinstance(completion, dict) else b""
+    data = await read_body(resp, limit, timeouts)
+    try:
+        completion = json.loads(data)
+    except (ValueError, RecursionError):
+        completion = None
+    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
+        return normalize_error(data) if data else b'{"error":{"message":"empty answer"}}'
+    return completion
+
+
+def early_error(
+    call: Call, error: bytes, secrets: tuple[bytes, ...]
+) -> tuple[Reply, tuple[int, bytes]]:
+    """An upstream error before anything reached the client, in OpenAI's format, and
+    (status, payload) for the routing loop to judge."""
+    payload = mask(normalize_error(error or b'{"error":{"message":"empty answer"}}'), secrets)
+    status = error_status(payload)
+    call.outcome.failed_early(status, len(payload), "upstream failed before its answer")
+    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
+    return Reply(status, payload, headers), (status, payload)
+
+
+def chat_bodies(chat_body: dict[str, Any], raw: bytes) -> Bodies:
+    """What chat accounts are sent for a translated request: with the usage chunk asked
+    for, and (``plain``) without, for an account that refuses ``stream_options``."""
+    send = json.dumps(chat_body, ensure_ascii=False, separators=(",", ":")).encode()
+    if "stream_options" not in chat_body:
+        return Bodies(send, fingerprint=hash(raw))
+    plain_body = {k: v for k, v in chat_body.items() if k != "stream_options"}
+    plain = json.dumps(plain_body, ensure_ascii=False, separators=(",", ":")).encode()
+    return Bodies(send, plain, fingerprint=hash(raw))

@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from multidict import CIMultiDict
-
 from proxy.config import Api, Config
 from proxy.core.dialects.native_relay import ResponsesRelay
 from proxy.core.dialects.native_stream import ResponsesToChat, chat_sse, response_to_completion
 from proxy.core.dialects.responses_common import UpstreamFailure
-from proxy.core.openai import DONE_EVENT, error_status, normalize_error, usage_from
+from proxy.core.openai import DONE_EVENT, usage_from
 from proxy.core.sse import Item
 from proxy.errors import UpstreamError
 from proxy.gateway.attempt import UpstreamAnswer
 from proxy.gateway.context import Call
-from proxy.gateway.fronts import translate_stream
+from proxy.gateway.fronts import early_error, translate_stream
 from proxy.gateway.relay import ClientSide
 from proxy.gateway.reply import Reply
 from proxy.logs import mask
@@ -100,10 +98,10 @@ async def chat_answer(
     data = await _whole(config, answer)
     response = _object(data)
     if response is None:
-        return early_error(call, data, answer.secrets)
+        return _early(call, data, answer.secrets)
     made = response_to_completion(response)
     if made.status != 200:
-        return early_error(call, json.dumps(made.body).encode(), answer.secrets)
+        return _early(call, json.dumps(made.body).encode(), answer.secrets)
     body = mask(json.dumps(made.body, ensure_ascii=False).encode(), answer.secrets)
     call.outcome.answered(200, len(body))
     call.started()
@@ -128,8 +126,8 @@ async def responses_whole(
     response = _object(data)
     if response is None or response.get("status") == "failed":
         error = data if response is None else json.dumps({"error": response.get("error")})
-        reply, _, early = early_error(call, error.encode() if isinstance(error, str) else error,
-                                      answer.secrets)  # fmt: skip
+        reply, early = early_error(call, error.encode() if isinstance(error, str) else error,
+                                   answer.secrets)  # fmt: skip
         return reply, early, None
     body = mask(data, answer.secrets)
     call.outcome.answered(200, len(body))
@@ -152,10 +150,6 @@ def _object(data: bytes) -> dict[str, Any] | None:
     return obj
 
 
-def early_error(call: Call, error: bytes, secrets: tuple[bytes, ...]) -> Answer:
-    """An upstream error before anything reached the client, in OpenAI's format."""
-    payload = mask(normalize_error(error or b'{"error":{"message":"empty answer"}}'), secrets)
-    status = error_status(payload)
-    call.outcome.failed_early(status, len(payload), "upstream failed before its answer")
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-    return Reply(status, payload, headers), None, (status, payload)
+def _early(call: Call, error: bytes, secrets: tuple[bytes, ...]) -> Answer:
+    reply, early = early_error(call, error, secrets)
+    return reply, None, early

@@ -197,10 +197,14 @@ class ClientStream:
             wait = self._heartbeat
         self._timer = self._loop.call_later(wait, self._tick)
 
+    # What a heartbeat writes: a comment, which every SSE parser skips (a front whose
+    # clients expect another, Anthropic's ``event: ping``, subclasses: no slot per stream).
+    beat = KEEPALIVE
+
     async def _send_beat(self) -> None:
         # A gone client is noticed by the relay loop on its own next write.
         with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await self.write(KEEPALIVE)
+            await self.write(self.beat)
         if self.log is not None:
             self.log.debug("heartbeat")
 

@@ -41,7 +41,7 @@ from proxy.errors import (
 from proxy.gateway.appstate import App
 from proxy.gateway.outcome import Outcome
 from proxy.gateway.reply import Reply
-from proxy.gateway.serving import Unreadable
+from proxy.gateway.serving import SERVER, Unreadable
 
 # What a stream ends with: the last chunk of the chunked coding, no trailer.
 LAST_CHUNK = b"0\r\n\r\n"
@@ -196,6 +196,7 @@ class Request:
         The request's own headers are let go: nothing reads them once the answer is
         under way, and a stream can last minutes."""
         response = _StreamResponse(status=status, headers=wire_headers(headers))
+        response.headers["Server"] = SERVER
         if self._chunked:
             response.enable_chunked_encoding()
         else:
@@ -285,6 +286,7 @@ class Request:
             response = web.Response(
                 status=reply.status, body=reply.body, headers=wire_headers(reply.headers)
             )
+            response.headers["Server"] = SERVER
             if self.app.gate.draining or not self.body_complete:
                 response.force_close()
         elif not self.ended:

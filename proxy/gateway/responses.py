@@ -15,8 +15,6 @@ import secrets
 import time
 from typing import Any
 
-from multidict import CIMultiDict
-
 from proxy.config import Config
 from proxy.core.dialects.responses import (
     ChatRequest,
@@ -29,21 +27,24 @@ from proxy.core.dialects.responses import (
     translate_request,
 )
 from proxy.core.dialects.responses_input import input_items
-from proxy.core.openai import error_status, normalize_error, usage_from
+from proxy.core.openai import usage_from
 from proxy.core.plan import Bodies, Wants
-from proxy.core.shaper import OpenAIShaper
 from proxy.core.sse import Item
 from proxy.errors import InvalidJSON, NotFound, UpstreamError
-from proxy.gateway import native, routes
-from proxy.gateway.attempt import FailedAnswer, UpstreamAnswer
-from proxy.gateway.collect import collect_stream
+from proxy.gateway import anthropic_accounts, native, routes
+from proxy.gateway.attempt import UpstreamAnswer
 from proxy.gateway.context import Call
-from proxy.gateway.forward import failed_reply
-from proxy.gateway.fronts import translate_stream
+from proxy.gateway.fronts import (
+    Answered,
+    chat_bodies,
+    early_error,
+    read_completion,
+    route,
+    translate_stream,
+)
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
 from proxy.logs import debug_streaming_enabled, get_logger, mask
-from proxy.upstream.call import read_body
 
 log = get_logger("seamline")
 
@@ -118,6 +119,8 @@ async def create(request: Request) -> Reply:
         excluded = native.chat_accounts(config)  # what only a Responses upstream can do
     if excluded and not native_names:
         excluded = ()
+    # Anthropic accounts would need a second translation: left to the others.
+    excluded = (*excluded, *anthropic_accounts.messages_accounts(config))
     stream = body.get("stream") is True
     outcome.model, outcome.stream = body.get("model"), stream
     if chat is not None and chat.dropped_tools:
@@ -133,41 +136,33 @@ async def create(request: Request) -> Reply:
         outcome,
         model,
         Wants(stream, False, True),
-        _bodies({**chat.body, "model": model}, raw) if chat is not None else None,
+        chat_bodies({**chat.body, "model": model}, raw) if chat is not None else None,
         log.bind(request_id=outcome.request_id) if debug_streaming_enabled() else None,
         native=_native_body(body, raw, model, history) if native_names else None,
         excluded=excluded,
     )
     response_id = "resp_" + secrets.token_hex(24)
     seed, created = secrets.token_hex(6), int(time.time())
-    while True:
-        answer = await router.open(call)
-        if isinstance(answer, FailedAnswer):
-            return failed_reply(answer, outcome)
-        ident = (response_id, created, seed)
-        rt.streams.add(answer.response)
-        try:
-            if native.speaks_responses(answer):
-                reply, early, response = await _native(request, config, answer, call, stream)
-                usage = _usage(response)
-            else:
-                assert chat is not None
-                reply, early, usage, response = await _answer(
-                    request, config, answer, call, chat, ident
-                )
-        finally:
-            rt.streams.discard(answer.response)
-        if early is None:
-            router.finish(answer, outcome, usage, True)
+    ident = (response_id, created, seed)
+    kept: list[dict[str, Any]] = []  # the response to store, once there is one
+
+    async def answer_with(answer: UpstreamAnswer) -> Answered:
+        if native.speaks_responses(answer):
+            reply, early, response = await _native(request, config, answer, call, stream)
+            usage = _usage(response)
         else:
-            failover = router.early_error(answer, early[0], early[1], outcome)
-            if failover and router.may_retry(call):
-                outcome.error = None
-                continue
-        break
+            assert chat is not None
+            reply, early, usage, response = await _answer(
+                request, config, answer, call, chat, ident
+            )
+        kept[:] = [response] if response is not None else []
+        return reply, early, usage
+
+    reply = await route(router, rt.streams, call, answer_with)
     if chat is not None and chat.dropped_tools and not reply.prepared:
         reply.headers[DROPPED_TOOLS_HEADER] = ",".join(chat.dropped_tools)
-    if response is not None and body.get("store", True) is not False and history is not None:
+    if kept and body.get("store", True) is not False and history is not None:
+        response = kept[0]
         stored_id = str(response.get("id") or response_id)
         items = [*history, *_input_items(body), *(response.get("output") or [])]
         await rt.conversations.put(stored_id, {"response": response, "items": items})
@@ -234,25 +229,10 @@ async def _answer(
         usage = _usage(final)
         stored = final if machine.status in ("completed", "incomplete") else None
         return done.reply, done.early, usage, stored
-    resp = answer.response
-    timeouts = config.timeouts_for(answer.account)
-    limit = config.server.max_event_bytes * 8
-    if resp.content_type == "text/event-stream":
-        agg, error = await collect_stream(
-            resp, timeouts, config.server.max_event_bytes, limit, OpenAIShaper()
-        )
-        if error is not None:
-            return _early(call, error, answer.secrets)
-        completion: Any = agg.result()
-    else:
-        data = await read_body(resp, limit, timeouts)
-        try:
-            completion = json.loads(data)
-        except (ValueError, RecursionError):
-            completion = None
-        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-            error = normalize_error(data) if data else b'{"error":{"message":"empty answer"}}'
-            return _early(call, error, answer.secrets)
+    completion = await read_completion(config, answer)
+    if isinstance(completion, bytes):
+        reply, early = early_error(call, completion, answer.secrets)
+        return reply, early, None, None
     response = completion_to_response(
         chat, completion, response_id=response_id, created_at=created, ids=sequential_ids(seed)
     )
@@ -263,27 +243,8 @@ async def _answer(
     return reply, None, _usage(response), response
 
 
-def _bodies(chat_body: dict[str, Any], raw: bytes) -> Bodies:
-    send = json.dumps(chat_body, ensure_ascii=False, separators=(",", ":")).encode()
-    if "stream_options" not in chat_body:
-        return Bodies(send, fingerprint=hash(raw))
-    plain_body = {k: v for k, v in chat_body.items() if k != "stream_options"}
-    plain = json.dumps(plain_body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Bodies(send, plain, fingerprint=hash(raw))
-
-
 def _usage(response: dict[str, Any] | None) -> tuple[int, int] | None:
     return usage_from(response.get("usage")) if response is not None else None
-
-
-def _early(
-    call: Call, error: bytes, secrets_: tuple[bytes, ...]
-) -> tuple[Reply, tuple[int, bytes] | None, tuple[int, int] | None, dict[str, Any] | None]:
-    payload = mask(normalize_error(error), secrets_)
-    status = error_status(payload)
-    call.outcome.failed_early(status, len(payload), "upstream failed before its answer")
-    headers: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
-    return Reply(status, payload, headers), (status, payload), None, None
 
 
 def _object(raw: bytes) -> dict[str, Any]:

@@ -33,6 +33,9 @@ OPS = {r.label: r for r in (HEALTHZ, READYZ, METRICS, ADMIN_ACCOUNTS)}
 # The Responses front, served from chat accounts: its upstream route is chat's.
 RESPONSES = Route("/v1/responses", ("POST",), needs_model=True, scope="chat")
 STORED_RESPONSE = Route("/v1/responses/{id}", ("GET", "DELETE"), scope="responses")
+# The Anthropic Messages front, served from chat accounts.
+MESSAGES = Route("/v1/messages", ("POST",), needs_model=True, scope="chat")
+COUNT_TOKENS = Route("/v1/messages/count_tokens", ("POST",), needs_model=True, scope="chat")
 
 # The API under /v1, by the path after it.
 _API = {
@@ -43,6 +46,8 @@ _API = {
     "embeddings": Route("/v1/embeddings", needs_model=True, scope="embeddings"),
     "models": Route("/v1/models", scope="models"),
     "responses": RESPONSES,
+    "messages": MESSAGES,
+    "messages/count_tokens": COUNT_TOKENS,
 }
 # Other API families: their own breaker scope each, under one metrics label. Only
 # these: a client's made-up paths must not grow the pool's state or the metrics.

@@ -27,6 +27,10 @@ from aiohttp.web_protocol import _ErrInfo
 from proxy.errors import SeamlineError, UnsupportedEncoding
 from proxy.logs import get_logger
 
+# What every answer names as its server: not aiohttp's default, which tells a peer the
+# aiohttp and Python versions (and so which of their known flaws to try).
+SERVER = "seamline"
+
 log = get_logger("seamline")
 
 # The parser's limits. The URL and a header field have limits of their own sizes so that
@@ -151,7 +155,7 @@ def _closing(err: SeamlineError) -> web.Response:
         status=err.status,
         body=err.json_bytes(),
         content_type="application/json",
-        headers={"Connection": "close"},
+        headers={"Connection": "close", "Server": SERVER},
     )
     response.force_close()
     return response

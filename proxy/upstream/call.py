@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from multidict import CIMultiDict
 
-from proxy.config import AccountConfig, Timeouts
+from proxy.config import AccountConfig, Kind, Timeouts
 from proxy.config.egress import ProxyURL
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.logs import redactor
@@ -33,6 +33,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 # The client's credentials and identity never go upstream; the account's do.
+# The version of Anthropic's API seamline's Messages translation speaks.
+ANTHROPIC_VERSION = "2023-06-01"
+
 _DROP_REQUEST = HOP_BY_HOP | {
     "host",
     "content-length",
@@ -153,7 +156,14 @@ def request_headers(
     out["Accept-Encoding"] = "identity"
     out["X-Request-ID"] = request_id
     key = token or account.api_key
-    if key:
+    if account.kind is Kind.ANTHROPIC:
+        # Anthropic's API reads its key from x-api-key and needs a version; a Messages
+        # client's own anthropic-version (and betas) went through above.
+        if key:
+            out["x-api-key"] = key
+        if "anthropic-version" not in out:
+            out["anthropic-version"] = ANTHROPIC_VERSION
+    elif key:
         out["Authorization"] = f"Bearer {key}"
     for name, value in account.headers.items():
         out[name] = value

@@ -1,5 +1,6 @@
 // The real openai-node client against seamline: each scenario prints one JSON line of
 // what the client saw. Usage: node clients.mjs SCENARIO BASE_URL
+import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 
 const [scenario, baseURL] = process.argv.slice(2);
@@ -40,9 +41,36 @@ async function chatStream() {
   return { text };
 }
 
-const scenarios = { responsesStream, responsesHelper, responsesWhole, chatStream };
+// @anthropic-ai/sdk against the Messages front: its baseURL is the server's root.
+const claude = new Anthropic({
+  baseURL: baseURL.replace(/\/v1$/, ""), apiKey: "client-key", maxRetries: 0, timeout: 10000,
+});
+
+async function messagesStream() {
+  const stream = claude.messages.stream({
+    model: "m", max_tokens: 64, messages: [{ role: "user", content: "hi" }],
+  });
+  const types = [];
+  stream.on("streamEvent", (e) => types.push(e.type));
+  const final = await stream.finalMessage();
+  return { types, text: final.content.map((b) => b.text ?? "").join(""), stop_reason: final.stop_reason, usage: final.usage };
+}
+
+async function messagesWhole() {
+  const msg = await claude.messages.create({
+    model: "m", max_tokens: 64, messages: [{ role: "user", content: "hi" }],
+  });
+  return { text: msg.content[0].text, stop_reason: msg.stop_reason };
+}
+
+const scenarios = {
+  responsesStream, responsesHelper, responsesWhole, chatStream, messagesStream, messagesWhole,
+};
 try {
   console.log(JSON.stringify({ ok: await scenarios[scenario]() }));
 } catch (err) {
-  console.log(JSON.stringify({ error: { name: err.constructor.name, status: err.status ?? null, message: String(err.message) } }));
+  console.log(JSON.stringify({ error: {
+    name: err.constructor.name, status: err.status ?? null, message: String(err.message),
+    type: err.error?.error?.type ?? null,
+  } }));
 }

@@ -35,7 +35,7 @@ from typing import Any
 from proxy.core.dialects.anthropic_blocks import TEXT, THINKING, Blocks
 from proxy.core.dialects.anthropic_events import TRUNCATED, Event, error_event, make
 from proxy.core.dialects.anthropic_maps import BROKEN_REASONS, anthropic_usage, stop_reason
-from proxy.core.openai import DONE, bare_error, error_status, normalize_error
+from proxy.core.openai import DONE, bare_error, error_status, normalize_error, usage_from
 from proxy.core.shaper import PING_EVENTS, unglue
 from proxy.core.sse import Comment, Item, Stray
 from proxy.core.sse import Event as SSEEvent
@@ -93,6 +93,11 @@ class ChatToAnthropic:
         the answer (an empty answer is an answer too)."""
         started = self._blocks is not None and self._blocks.started > 0
         return started or self.finished
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """(prompt, completion) tokens of the upstream's usage chunk, once it came."""
+        return usage_from(self._usage)
 
     @property
     def lost_fragments(self) -> int:

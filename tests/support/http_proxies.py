@@ -21,14 +21,9 @@ from typing import Protocol
 
 import pytest
 
+from support.ports import free_port
+
 REQUIRE = "SEAMLINE_REQUIRE_PROXY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def tinyproxy_binary() -> str:

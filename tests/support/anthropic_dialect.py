@@ -1,4 +1,5 @@
-"""The SDKs as judges of what the Anthropic translators write.
+"""The SDKs as judges of what the Anthropic translators write, and the chat streams
+they are fed.
 
 anthropic-python's own SSE decoder, ``Stream`` and ``MessageStream`` accumulator read
 the Messages streams seamline writes; openai-python's ``Stream`` reads the chat
@@ -9,6 +10,7 @@ built from bytes, the way the SDK drives its own responses, with no network.
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,12 +21,14 @@ from anthropic._streaming import Stream as AnthropicStream
 from anthropic._types import not_given
 from anthropic.lib.streaming import MessageStream
 from anthropic.types import Message, RawMessageStreamEvent
+from hypothesis import strategies as st
 from openai._streaming import Stream as OpenAIStream
 from openai.types.chat import ChatCompletionChunk
 
 from proxy.core.dialects.anthropic_events import Event, encode
 from proxy.core.dialects.anthropic_stream import ChatToAnthropic
 from proxy.core.sse import Reframer
+from support.builders import chunk_object, sse_of, usage
 
 # One client each for the whole run: making one costs ~50 ms, and none opens a socket.
 _ANTHROPIC = anthropic.Anthropic(api_key="sk-ant-test", base_url="http://upstream.invalid")
@@ -68,36 +72,19 @@ def chat_chunks(body: bytes) -> list[ChatCompletionChunk]:
     return list(stream)
 
 
-def chat_sse(chunks: Iterable[Any], done: bool = True) -> bytes:
-    """Chat chunks as an upstream's SSE bytes."""
-    out = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    return out + (b"data: [DONE]\n\n" if done else b"")
+UPSTREAM_MODEL = "upstream-model"
 
 
 def chunk(
     delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """One chat.completion.chunk with one choice."""
-    choice = {"index": 0, "delta": delta or {}, "finish_reason": finish}
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "upstream-model",
-        "choices": [choice],
-        **extra,
-    }
+    """One chat.completion.chunk with one choice, from the upstream's model."""
+    return chunk_object(delta, finish, **{"model": UPSTREAM_MODEL, **extra})
 
 
 def usage_chunk(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    if cached:
-        usage["prompt_tokens_details"] = {"cached_tokens": cached}
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage}
+    """The chunk that carries the usage (no choices)."""
+    return chunk(choices=[], usage=usage(prompt, completion, cached))
 
 
 def translate(
@@ -115,4 +102,68 @@ def translate(
 
 def stream_bytes(*chunks: Any, clean: bool = True, done: bool = True) -> bytes:
     """The Messages stream seamline writes for these chat chunks."""
-    return encode(translate([chat_sse(chunks, done)], clean=clean))
+    return encode(translate([sse_of(chunks, done)], clean=clean))
+
+
+# -- properties --------------------------------------------------------------------
+
+_words = st.text(alphabet=string.ascii_letters + ' \n"\\é☃', min_size=1, max_size=6)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=5,
+)
+_arguments = st.dictionaries(st.text(max_size=4), _json, max_size=3)
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> tuple[list[Any], dict[str, Any]]:
+    """A chat stream of text, reasoning and interleaved tool calls, and what it meant."""
+    sources: list[list[dict[str, Any]]] = []
+    for kind in draw(st.lists(st.sampled_from(["text", "reasoning", "tool"]), max_size=6)):
+        if kind == "tool":
+            n = len(sources)
+            text = json.dumps(draw(_arguments))
+            cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=3)))
+            pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+            ops = [{"tool": n, "arguments": p} for p in pieces]
+            ops[0].update(id=f"call_{n}", name=f"tool_{n}")
+            sources.append(ops)
+        else:
+            key = "content" if kind == "text" else "reasoning_content"
+            sources.append([{key: draw(_words)}])
+    labels = [i for i, ops in enumerate(sources) for _ in ops]
+    order = draw(st.permutations(labels))
+    taken = [0] * len(sources)
+    chunks: list[Any] = [chunk({"role": "assistant", "content": ""})]
+    meant: dict[str, Any] = {"text": "", "thinking": "", "tools": {}, "order": []}
+    for label in order:
+        op = sources[label][taken[label]]
+        taken[label] += 1
+        if "tool" in op:
+            piece: dict[str, Any] = {
+                "index": op["tool"],
+                "function": {"arguments": op["arguments"]},
+            }
+            if "id" in op:
+                piece.update(id=op["id"], type="function")
+                piece["function"]["name"] = op["name"]
+                meant["order"].append(op["id"])
+                meant["tools"][op["id"]] = [op["name"], ""]
+            meant["tools"][f"call_{op['tool']}"][1] += op["arguments"]
+            chunks.append(chunk({"tool_calls": [piece]}))
+        else:
+            chunks.append(chunk(op))
+            meant["text" if "content" in op else "thinking"] += op.get("content") or op.get(
+                "reasoning_content", ""
+            )
+    finish = "tool_calls" if meant["tools"] else draw(st.sampled_from(["stop", "length"]))
+    chunks.append(chunk(finish=finish))
+    prompt, completion, cached = draw(
+        st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 9))
+    )
+    chunks.append(usage_chunk(prompt + cached, completion, cached))
+    meant["usage"] = (prompt, cached, completion)
+    return chunks, meant

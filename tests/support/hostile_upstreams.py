@@ -1,10 +1,11 @@
 """Hostile upstreams, and how an HTTP client fares against each.
 
-Each case is an upstream that writes exact bytes (a :mod:`peers` handler), the
-requests a client makes to it, and a judge that turns what the client got (and
+Each case is an upstream that writes exact bytes (a :data:`support.upstream.Handler`),
+the requests a client makes to it, and a judge that turns what the client got (and
 what the upstream saw) into a one-line verdict that names no client. The same
 corpus runs against seamline's client (``test_wire_hostile.py`` asserts its
-verdicts) and aiohttp's: ``python tests/hostile.py`` prints both side by side,
+verdicts) and aiohttp's: ``python -m support.hostile_upstreams`` (with ``tests`` on
+``PYTHONPATH``) prints both side by side,
 with what each let the upstream write, how long it took and the peak memory
 (``LOOP=uvloop`` for uvloop; case ids as arguments for only those).
 
@@ -23,22 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from peers import (
-    CHUNKED,
-    LAST_CHUNK,
-    OK,
-    STALE,
-    Handler,
-    Peer,
-    Upstream,
-    answer,
-    bomb,
-    chunks,
-    large,
-)
-
 from proxy.errors import UpstreamError
 from proxy.upstream import wire
+from support.builders import CHUNKED, LAST_CHUNK, OK, STALE, bomb, chunks, large
+from support.upstream import Handler, Peer, RawUpstream, answer, first_then_ok
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -136,7 +125,7 @@ class AiohttpDriver:
         await self.session.close()
 
 
-Play = Callable[[Driver, Upstream], Awaitable[list[Got]]]
+Play = Callable[[Driver, RawUpstream], Awaitable[list[Got]]]
 
 
 @dataclass(frozen=True)
@@ -145,7 +134,7 @@ class Case:
     what: str  # the upstream's trick, in a few words
     handler: Handler
     play: Play
-    judge: Callable[[list[Got], Upstream], str]
+    judge: Callable[[list[Got], RawUpstream], str]
     seamline: str  # seamline's verdict, which test_wire_hostile.py asserts
     aiohttp: str  # aiohttp's, as recorded
 
@@ -154,7 +143,7 @@ class Case:
 class Outcome:
     verdict: str
     gots: list[Got]
-    upstream: Upstream
+    upstream: RawUpstream
     seconds: float
     tracebacks: list[str] = field(default_factory=list)  # what reached the loop's handler
 
@@ -170,7 +159,7 @@ async def run(case: Case, driver: Driver) -> Outcome:
     tracebacks: list[str] = []
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _, context: tracebacks.append(str(context.get("message"))))
-    up = Upstream(case.handler, "127.0.0.1")
+    up = RawUpstream(case.handler, "127.0.0.1")
     await up.start()
     start = time.monotonic()
     try:
@@ -190,7 +179,7 @@ async def run(case: Case, driver: Driver) -> Outcome:
 
 
 def one(method: str = "GET", body: bytes = b"") -> Play:
-    async def play(driver: Driver, up: Upstream) -> list[Got]:
+    async def play(driver: Driver, up: RawUpstream) -> list[Got]:
         return [await driver.exchange(method, up.url(), body)]
 
     return play
@@ -199,7 +188,7 @@ def one(method: str = "GET", body: bytes = b"") -> Play:
 def twice(second: str = "GET", pause: float = 0.3) -> Play:
     """A GET, a pause while its connection idles in the pool, then ``second``."""
 
-    async def play(driver: Driver, up: Upstream) -> list[Got]:
+    async def play(driver: Driver, up: RawUpstream) -> list[Got]:
         first = await driver.exchange("GET", up.url())
         await asyncio.sleep(pause)
         body = b'{"n": 2}' if second == "POST" else b""
@@ -212,7 +201,7 @@ def at_once_after_bytes_wait() -> Play:
     """A GET; then, while the loop is kept from noticing, the upstream's bytes reach
     the idle connection's socket, and the next request goes out at once."""
 
-    async def play(driver: Driver, up: Upstream) -> list[Got]:
+    async def play(driver: Driver, up: RawUpstream) -> list[Got]:
         first = await driver.exchange("GET", up.url())
         await asyncio.sleep(0.1)  # the pooled connection idles
         sock = up.peers[0].writer.get_extra_info("socket")
@@ -224,15 +213,6 @@ def at_once_after_bytes_wait() -> Play:
 
 
 # -- the upstreams ----------------------------------------------------------------------
-
-
-def first_then_ok(handler: Handler) -> Handler:
-    """``handler`` on the first connection; every later one answers OK."""
-
-    async def run_peer(peer: Peer) -> None:
-        await (handler(peer) if peer.index == 0 else answer(peer, OK))
-
-    return run_peer
 
 
 def after(response: bytes, then: bytes, wait: float = 0.1) -> Handler:
@@ -330,7 +310,7 @@ def many_small_chunks() -> Handler:
 # -- the judges -------------------------------------------------------------------------
 
 
-def refused(gots: list[Got], up: Upstream) -> str:
+def refused(gots: list[Got], up: RawUpstream) -> str:
     """For a case whose upstream floods: did the client stop it, and how soon."""
     got = gots[0]
     sent = sum(p.sent for p in up.peers)
@@ -345,7 +325,7 @@ def refused(gots: list[Got], up: Upstream) -> str:
     return f"refused after {sent // MiB} MiB"
 
 
-def next_answer(gots: list[Got], up: Upstream) -> str:
+def next_answer(gots: list[Got], up: RawUpstream) -> str:
     """For a case whose upstream sends unasked bytes: what the next request got."""
     first, second = gots
     if first.body != b"x" * len(first.body) and first.body != b"ok":
@@ -357,7 +337,7 @@ def next_answer(gots: list[Got], up: Upstream) -> str:
     return f"other: {second.error or second.body[:20]!r}"
 
 
-def interim(gots: list[Got], up: Upstream) -> str:
+def interim(gots: list[Got], up: RawUpstream) -> str:
     got = gots[0]
     if got.error is not None:
         return "refused"
@@ -368,15 +348,15 @@ def interim(gots: list[Got], up: Upstream) -> str:
     return f"other: {got.body[:20]!r}"
 
 
-def upgrade(gots: list[Got], up: Upstream) -> str:
+def upgrade(gots: list[Got], up: RawUpstream) -> str:
     got = gots[0]
     if got.error is not None:
         return "refused"
     return f"answered {got.status} with {got.size} body bytes"
 
 
-def sent_again(method: str) -> Callable[[list[Got], Upstream], str]:
-    def judge(gots: list[Got], up: Upstream) -> str:
+def sent_again(method: str) -> Callable[[list[Got], RawUpstream], str]:
+    def judge(gots: list[Got], up: RawUpstream) -> str:
         copies = sum(r.startswith(method.encode() + b" ") for r in up.requests)
         if method == "GET":
             copies -= 1  # the first request
@@ -390,8 +370,8 @@ def sent_again(method: str) -> Callable[[list[Got], Upstream], str]:
     return judge
 
 
-def whole(size: int, unit: bytes = b"x") -> Callable[[list[Got], Upstream], str]:
-    def judge(gots: list[Got], up: Upstream) -> str:
+def whole(size: int, unit: bytes = b"x") -> Callable[[list[Got], RawUpstream], str]:
+    def judge(gots: list[Got], up: RawUpstream) -> str:
         got = gots[0]
         if got.error is not None:
             return f"failed after {got.size} bytes"
@@ -400,14 +380,14 @@ def whole(size: int, unit: bytes = b"x") -> Callable[[list[Got], Upstream], str]
     return judge
 
 
-def framing(gots: list[Got], up: Upstream) -> str:
+def framing(gots: list[Got], up: RawUpstream) -> str:
     got = gots[0]
     if got.error is not None:
         return "refused"
     return f"accepted: {got.body[:20]!r}"
 
 
-def inflated(gots: list[Got], up: Upstream) -> str:
+def inflated(gots: list[Got], up: RawUpstream) -> str:
     got = gots[0]
     if got.error is not None and got.size == 0:
         return "refused"
@@ -416,7 +396,7 @@ def inflated(gots: list[Got], up: Upstream) -> str:
     return f"inflated {got.largest // MiB} MiB in one piece"
 
 
-def spoke_first(gots: list[Got], up: Upstream) -> str:
+def spoke_first(gots: list[Got], up: RawUpstream) -> str:
     got = gots[0]
     if got.error is None:
         return f"answered {got.status}"

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from proxy.core.dialects.responses_common import sequential_ids
 from proxy.core.dialects.responses_request import ChatRequest, translate_request
 from proxy.core.dialects.responses_stream import ChatToResponses
+from support.builders import chunk_object
 
 # The SDK's union marks its discriminator in its own way, so pydantic would try its
 # sixty members in turn: validating against the member ``type`` names is much faster.
@@ -64,35 +65,19 @@ def translator(request: ChatRequest = REQUEST) -> ChatToResponses:
     )
 
 
+UPSTREAM_MODEL = "up-model"
+
+
 def chunk(
     delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    """One chat.completion.chunk with one choice."""
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up-model",
-        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
-        **extra,
-    }
+    """One chat.completion.chunk with one choice, from the upstream's model."""
+    return chunk_object(delta, finish, **{"model": UPSTREAM_MODEL, **extra})
 
 
 def usage_chunk(usage: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "up-model",
-        "choices": [],
-        "usage": usage or USAGE,
-    }
-
-
-def sse(chunks: Sequence[dict[str, Any]], done: bool = True) -> bytes:
-    """Chunks as a chat upstream writes them."""
-    body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    return body + (b"data: [DONE]\n\n" if done else b"")
+    """The chunk that carries the usage (no choices)."""
+    return chunk(choices=[], usage=usage or USAGE)
 
 
 def run(

@@ -16,16 +16,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 # CI installs redis-server, and sets this so a missing binary fails instead of skipping.
 REQUIRE = "SEAMLINE_REQUIRE_REDIS"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -144,3 +139,13 @@ async def replicas() -> AsyncIterator[list[Replica]]:
             await r.proc.wait()
         if r.reader is not None:
             await r.reader
+
+
+async def two_replicas(tmp_path: Path, replicas: list[Replica], text: str) -> list[Replica]:
+    """Two replicas serving the config ``text``, added to ``replicas``."""
+    path = tmp_path / "seamline.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    started = await asyncio.gather(start_replica(path), start_replica(path))
+    replicas.extend(started)
+    return list(started)
