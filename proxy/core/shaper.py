@@ -167,6 +167,22 @@ class OpenAIShaper:
     empty events that fail to parse.
     """
 
+    # A stream holds its shaper for its whole life: slots, not a dict of attributes.
+    __slots__ = (
+        "_template",
+        "_trace",
+        "check_endings",
+        "done",
+        "error_payload",
+        "errored",
+        "events",
+        "finished",
+        "keep_event_names",
+        "repairs",
+        "strip_usage",
+        "usage",
+    )
+
     def __init__(
         self,
         keep_event_names: bool = False,

@@ -95,9 +95,10 @@ async def make_answer(
         )
         outcome.counter = shaper
         relaying = relay_stream(request, resp, headers, shaper, outcome, options)
-        # The stream keeps its headers only until they are sent; this frame, which
-        # lives as long as the stream, lets go of them now.
-        del headers
+        # The stream keeps its headers only until they are sent, its options and first
+        # read no longer than it needs them; this frame, which lives as long as the
+        # stream, lets go of them now.
+        del headers, options, first
         try:
             streamed = await relaying
         finally:

@@ -8,6 +8,7 @@ error, or a failure to move on from.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ ERROR_BODY_LIMIT = 1024 * 1024
 PLAIN_S = 3600.0
 
 
-@dataclass
+@dataclass(slots=True)
 class UpstreamAnswer:
     """A usable upstream answer: the caller relays it, then calls ``finish``."""
 
@@ -141,8 +142,7 @@ async def attempt(
         if resp.status < 400:
             # Whether the answer works is known once it ended (``finish``).
             pool.answered(st)
-            sent = tuple(k.encode() for k in {acc.api_key, token} if k and len(k) >= 4)
-            return UpstreamAnswer(acc, st, resp, scope, fingerprint, sent)
+            return UpstreamAnswer(acc, st, resp, scope, fingerprint, _secrets(acc.api_key, token))
         err_body = await read_body(resp, ERROR_BODY_LIMIT, timeouts)
         decision = decide(
             resp.status,
@@ -214,6 +214,14 @@ def judge(
         pool.failed(st, now, reason, scope, fingerprint)
     _note(outcome, acc, decision.failure, reason)
     return FailedOver(answer if decision.keep else None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _secrets(api_key: str | None, token: str | None) -> tuple[bytes, ...]:
+    """What an upstream is sent that it could echo back, as the bytes to mask: one
+    tuple for all the answers of an account (and token), not one each, which a stream
+    would hold for its life."""
+    return tuple(k.encode() for k in {api_key, token} if k and len(k) >= 4)
 
 
 def _connect_failure(exc: UpstreamError) -> bool:

@@ -37,6 +37,9 @@ class Pool(Protocol):
 # of anything else that is not body (chunk framing and extensions, trailers) in a row.
 _MAX_HEAD = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+# The usual media types, one shared string each: an answer keeps its own for its life
+# (a stream's for minutes).
+_MEDIA_TYPES = {t: t for t in ("text/event-stream", "application/json", "text/plain")}
 # POLLERR and POLLHUP are reported whether asked for or not.
 _STIR = select.POLLIN | select.POLLPRI | getattr(select, "POLLRDHUP", 0)
 
@@ -209,7 +212,8 @@ class Conn(asyncio.Protocol):
         resp.headers = CIMultiDictProxy(headers)
         ctype = headers.get("Content-Type")
         if ctype:
-            resp.content_type = ctype.split(";", 1)[0].strip().lower()
+            media = ctype.split(";", 1)[0].strip().lower()
+            resp.content_type = _MEDIA_TYPES.get(media, media)
         encoding = headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("gzip", "x-gzip", "deflate"):
             resp._decoder = zlib.decompressobj(47)  # 32 + 15: zlib or gzip header
