@@ -287,3 +287,30 @@ async def test_an_unknown_previous_id_goes_to_a_responses_account_as_it_came(
     assert got.output_text == "kept upstream"
     assert sent(native)["previous_response_id"] == "resp_theirs"
     assert chat.requests == []
+
+
+async def test_a_failed_response_before_any_content_fails_over(
+    ups: list[Upstream], seamline: StartSeamline
+) -> None:
+    native, chat = ups
+    error = {"code": "rate_limit_exceeded", "message": "slow down"}
+    failed = response("failed", error=error)
+    frames = [
+        {"type": "response.created", "response": response(), "sequence_number": 0},
+        {"type": "response.failed", "response": failed, "sequence_number": 1},
+    ]
+    native.script(*[b"event: " + f["type"].encode() + b"\ndata: " + json.dumps(f).encode()
+                    + b"\n\n" for f in frames])  # fmt: skip
+    chat.script(*sse_stream("from chat"))
+    base = await seamline(
+        accounts(("r", native.url, "responses"), ("c", chat.url, "chat")).replace(
+            "[state]", '[routing]\nstrategy = "fill_first"\n[state]'
+        )
+    )
+    async with client(base) as c:
+        stream = await c.responses.create(model="m", input="hi", stream=True)
+        got: list[Any] = [e async for e in stream]
+    assert [e.type for e in got].count("response.created") == 1
+    assert got[-1].type == "response.completed"
+    assert got[-1].response.output_text == "from chat"
+    assert len(native.requests) == 1 and len(chat.requests) == 1

@@ -78,7 +78,9 @@ class ResponsesRelay:
             response = obj.get("response")
             error = response.get("error") if isinstance(response, dict) else None
             self._failure = UpstreamFailure.from_object({"error": error or {}})
-        if kind not in HANDSHAKE:
+        if kind not in HANDSHAKE and not self._failure:
+            # A response.failed before any content is a failure, not content: another
+            # account may still take the request.
             self.content_started = True
         self._check.see([item])
         if kind in TERMINAL_EVENTS:
