@@ -294,3 +294,12 @@ async def test_each_account_is_asked_to_think_in_its_own_words(
     assert "enable_thinking" not in plain
     assert qwen["enable_thinking"] is True and qwen["thinking_budget"] == 2048
     assert qwen["top_k"] == 5 and "reasoning_effort" not in qwen
+
+
+async def test_a_wrong_method_is_an_anthropic_405(proxied: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        for path in ("/messages", "/messages/count_tokens"):
+            async with s.get(proxied + path) as r:
+                body = await r.json()
+            assert r.status == 405
+            assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"

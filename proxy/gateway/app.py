@@ -95,6 +95,13 @@ _ROUTES: tuple[tuple[str, tuple[str, ...], Handler], ...] = (
 )
 
 
+# The Messages front answers every error in Anthropic's format, a wrong method too.
+_OTHER_METHODS: dict[str, Handler] = {
+    route.label: messages.anthropic_route(method_not_allowed)
+    for route in (routes.MESSAGES, routes.COUNT_TOKENS)
+}
+
+
 def _routes(web_app: web.Application) -> None:
     """``_ROUTES`` in aiohttp's router, every answer through ``dispatch``; other methods
     on those paths get 405 and any other path 404, in OpenAI format."""
@@ -107,7 +114,7 @@ def _routes(web_app: web.Application) -> None:
     for path, methods, handler in _ROUTES:
         for method in methods:
             add(method, path, handler)
-        add("*", path, method_not_allowed)
+        add("*", path, _OTHER_METHODS.get(path, method_not_allowed))
     add("*", r"/{tail:[\s\S]*}", not_found)
 
 
