@@ -11,7 +11,8 @@ import anthropic
 import openai
 import pytest
 
-from support.builders import account, config_text, sse_stream
+from support.admin import admin
+from support.builders import ADMIN_KEY, account, config_text, sse_stream
 from support.clients import client
 from support.seamline import StartSeamline
 from support.upstream import MakeUpstream, Upstream
@@ -257,3 +258,24 @@ async def test_a_passed_through_stream_that_stops_early_ends_with_an_error(
                 await s.get_final_message()
     body: Any = caught.value.body
     assert body["error"]["type"] == "api_error"
+
+
+async def test_a_passed_through_stream_books_its_usage(
+    ups: list[Upstream], seamline: StartSeamline
+) -> None:
+    text = conf(("claude", ups[0].url, "anthropic"))
+    base = await seamline(
+        text.replace("port = 0\n", f"port = 0\nadmin_key = {json.dumps(ADMIN_KEY)}\n", 1)
+    )
+    ups[0].script(*stream("counted"))
+    root = base.removesuffix("/v1")
+    async with (
+        anthropic.AsyncAnthropic(base_url=root, api_key="k", max_retries=0) as c,
+        c.messages.stream(model="claude-x", max_tokens=9, messages=HI) as s,
+    ):
+        await s.get_final_message()
+    reply = await admin("GET", root, "/admin/usage")
+    assert reply.status == 200
+    row = next(r for r in reply.json()["accounts"] if r["name"] == "claude")
+    # message_start: 10 input + 4 read from the cache; message_delta: 7 output.
+    assert (row["today"]["prompt_tokens"], row["today"]["completion_tokens"]) == (14, 7)

@@ -17,6 +17,7 @@ from typing import Any
 from proxy.config import Api, Config
 from proxy.core.dialects.anthropic_chat_stream import AnthropicToChat
 from proxy.core.dialects.anthropic_errors import to_openai
+from proxy.core.dialects.anthropic_maps import chat_usage
 from proxy.core.dialects.anthropic_message import message_to_completion
 from proxy.core.dialects.anthropic_relay import MessagesRelay
 from proxy.core.openai import usage_from
@@ -99,8 +100,9 @@ async def messages_answer(
 ) -> Answer:
     """A Messages client's answer from an Anthropic account, passed through."""
     if call.wants.stream:
-        done = await translate_stream(request, config, answer, call, MessagesRelay())
-        return done.reply, None, done.early
+        relay = MessagesRelay()
+        done = await translate_stream(request, config, answer, call, relay)
+        return done.reply, relay.usage, done.early
     data = await _whole(config, answer)
     message = _message(data)
     if message is None:
@@ -108,9 +110,9 @@ async def messages_answer(
     body = mask(data, answer.secrets)
     call.outcome.answered(200, len(body))
     call.started()
-    usage = message.get("usage")
-    counted = usage_from(usage) if isinstance(usage, dict) else None
-    return Reply(200, body, None, "application/json"), counted, None
+    counted = chat_usage(message.get("usage"))
+    tokens = counted["prompt_tokens"], counted["completion_tokens"]
+    return Reply(200, body, None, "application/json"), tokens, None
 
 
 def _refused(call: Call, answer: UpstreamAnswer, data: bytes) -> Answer:
