@@ -4,6 +4,7 @@ judged by the real openai client's Responses surface."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -355,3 +356,37 @@ async def test_reasoning_comes_as_a_reasoning_item_before_the_answer(
     )  # fmt: skip
     assert reasoning == "Let me think."
     assert _sent(upstream)["reasoning_effort"] == "high"
+
+
+async def test_no_client_reads_continues_or_deletes_another_clients_conversation(
+    upstream: Upstream, seamline: StartSeamline
+) -> None:
+    base = await seamline(
+        config_text(("a", upstream.url), server='api_keys = ["key-one", "key-two"]')
+    )
+    upstream.script(*_usage_stream("one's secret answer"))
+    async with client(base, key="key-one") as one, client(base, key="key-two") as two:
+        kept = await one.responses.create(model="m", input="mine")
+        with pytest.raises(openai.NotFoundError):
+            await two.responses.retrieve(kept.id)
+        with pytest.raises(openai.NotFoundError):
+            await two.responses.create(model="m", input="go on", previous_response_id=kept.id)
+        with pytest.raises(openai.NotFoundError):
+            await two.responses.delete(kept.id)
+        assert (await one.responses.retrieve(kept.id)).output_text == "one's secret answer"
+    assert len(upstream.requests) == 1
+
+
+async def test_a_streamed_conversation_goes_on_turn_after_turn_through_sqlite(
+    upstream: Upstream, seamline: StartSeamline, tmp_path: Path
+) -> None:
+    # Each turn goes on at once after the last one's end, as Codex does.
+    state = f'[state]\npath = "{tmp_path / "state.db"}"'
+    base = await seamline(config_text(("a", upstream.url), extra=state))
+    upstream.script(*_usage_stream("turn"))
+    previous = None
+    for _ in range(5):
+        events = await _events(base, input="go on", previous_response_id=previous)
+        assert events[-1].type == "response.completed"
+        previous = events[-1].response.id
+    assert len(_sent(upstream)["messages"]) == 9  # four turns kept, and this one

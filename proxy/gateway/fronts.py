@@ -118,9 +118,12 @@ async def translate_stream(
     content_type: str = "text/event-stream",
     extra_headers: Mapping[str, str] | None = None,
     stream_class: type[ClientStream] = ClientStream,
+    before_end: Callable[[], Awaitable[None]] | None = None,
 ) -> Translated:
     """Relay an upstream chat answer (an event stream, or one JSON completion) to the
-    client through ``translator``."""
+    client through ``translator``. ``before_end`` runs once the translator is done,
+    before its last bytes go out: what a client may ask for as soon as it has read the
+    end (a stored response) is there by then."""
     resp = answer.response
     timeouts = config.timeouts_for(answer.account)
     server = config.server
@@ -170,6 +173,9 @@ async def translate_stream(
                     held += translator.end(True)
                     break
                 if held and (client.prepared or translator.content_started):
+                    if translator.done and before_end is not None:
+                        await before_end()
+                        before_end = None
                     await client.write(held)
                     held = b""
             if translator.done:
@@ -185,6 +191,8 @@ async def translate_stream(
             return Translated(EarlyError(status, payload, out_headers), failed)
         if failed is not None:
             call.outcome.error = call.outcome.error or "the upstream stream failed"
+        if before_end is not None and translator.done:
+            await before_end()
         if held:
             await client.write(held)
         await client.close()

@@ -12,6 +12,7 @@ never a completion.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.config import Api, Config
@@ -81,6 +82,8 @@ class ChatFromResponses:
         return failed.status, json.dumps(failed.chat_error()).encode()
 
 
+# Where a finished response goes to be stored (None: nothing to store).
+Keep = Callable[[dict[str, Any] | None], Awaitable[None]]
 Answer = tuple[Reply, tuple[int, int] | None, tuple[int, bytes] | None]
 
 
@@ -109,12 +112,15 @@ async def chat_answer(
 
 
 async def responses_stream(
-    request: ClientSide, config: Config, answer: UpstreamAnswer, call: Call
+    request: ClientSide, config: Config, answer: UpstreamAnswer, call: Call, keep: Keep
 ) -> tuple[Reply, tuple[int, bytes] | None, dict[str, Any] | None]:
     """A Responses client's stream from a Responses account: the reply, (status, error)
-    when it failed before anything reached the client, and the final response."""
+    when it failed before anything reached the client, and the final response (given
+    to ``keep`` before the client reads its end)."""
     relay = ResponsesRelay()
-    done = await translate_stream(request, config, answer, call, relay)
+    done = await translate_stream(
+        request, config, answer, call, relay, before_end=lambda: keep(relay.final)
+    )
     return done.reply, done.early, relay.final
 
 

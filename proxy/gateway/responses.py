@@ -42,9 +42,10 @@ from proxy.gateway.fronts import (
     route,
     translate_stream,
 )
+from proxy.gateway.middleware import client_key
 from proxy.gateway.reply import Reply
 from proxy.gateway.request import Request
-from proxy.logs import debug_streaming_enabled, get_logger, mask
+from proxy.logs import debug_streaming_enabled, fingerprint, get_logger, mask
 
 log = get_logger("seamline")
 
@@ -94,11 +95,12 @@ async def create(request: Request) -> Reply:
     raw = await request.read(config.server.max_body_bytes)
     body = _object(raw)
     native_names = native.responses_accounts(config)
+    owner = _owner(request)
     excluded: tuple[str, ...] = ()
     history: list[Any] | None = []
     previous = body.get("previous_response_id")
     if previous is not None:
-        record = await rt.conversations.get(str(previous))
+        record = await rt.conversations.get(owner + str(previous))
         if record is not None:
             history = list(record.get("items") or [])
         elif native_names:
@@ -144,37 +146,44 @@ async def create(request: Request) -> Reply:
     response_id = "resp_" + secrets.token_hex(24)
     seed, created = secrets.token_hex(6), int(time.time())
     ident = (response_id, created, seed)
-    kept: list[dict[str, Any]] = []  # the response to store, once there is one
+    store = body.get("store", True) is not False and history is not None
+
+    async def keep(response: dict[str, Any] | None) -> None:
+        if not store or response is None:
+            return
+        stored_id = str(response.get("id") or response_id)
+        items = [*(history or []), *_input_items(body), *(response.get("output") or [])]
+        record = {"response": response, "items": items}
+        await rt.conversations.put(owner + stored_id, record)
 
     async def answer_with(answer: UpstreamAnswer) -> Answered:
         if native.speaks_responses(answer):
-            reply, early, response = await _native(request, config, answer, call, stream)
+            reply, early, response = await _native(request, config, answer, call, stream, keep)
             usage = _usage(response)
         else:
             assert chat is not None
-            reply, early, usage, response = await _answer(
-                request, config, answer, call, chat, ident
-            )
-        kept[:] = [response] if response is not None else []
+            reply, early, usage = await _answer(request, config, answer, call, chat, ident, keep)
         return reply, early, usage
 
     reply = await route(router, rt.streams, call, answer_with)
     if chat is not None and chat.dropped_tools and not reply.prepared:
         reply.headers[DROPPED_TOOLS_HEADER] = ",".join(chat.dropped_tools)
-    if kept and body.get("store", True) is not False and history is not None:
-        response = kept[0]
-        stored_id = str(response.get("id") or response_id)
-        items = [*history, *_input_items(body), *(response.get("output") or [])]
-        await rt.conversations.put(stored_id, {"response": response, "items": items})
     return reply
 
 
 async def _native(
-    request: Request, config: Config, answer: UpstreamAnswer, call: Call, stream: bool
+    request: Request,
+    config: Config,
+    answer: UpstreamAnswer,
+    call: Call,
+    stream: bool,
+    keep: native.Keep,
 ) -> tuple[Reply, tuple[int, bytes] | None, dict[str, Any] | None]:
     if stream:
-        return await native.responses_stream(request, config, answer, call)
-    return await native.responses_whole(config, answer, call)
+        return await native.responses_stream(request, config, answer, call, keep)
+    reply, early, response = await native.responses_whole(config, answer, call)
+    await keep(response)
+    return reply, early, response
 
 
 def _native_body(
@@ -209,10 +218,12 @@ async def _answer(
     call: Call,
     chat: ChatRequest,
     ident: tuple[str, int, str],
-) -> tuple[Reply, tuple[int, bytes] | None, tuple[int, int] | None, dict[str, Any] | None]:
+    keep: native.Keep,
+) -> Answered:
     """The client's answer, (status, error) when the upstream failed before anything
-    reached it, the usage, and the response to store (None: nothing to store).
-    ``ident``: the response's id, creation time and id seed (the same on a retry)."""
+    reached it, and the usage; the finished response goes to ``keep`` before the client
+    has it. ``ident``: the response's id, creation time and id seed (the same on a
+    retry)."""
     response_id, created, seed = ident
     if chat.stream:
         machine = ChatToResponses(
@@ -222,25 +233,33 @@ async def _answer(
         dropped = (
             {DROPPED_TOOLS_HEADER: ",".join(chat.dropped_tools)} if chat.dropped_tools else None
         )
+
+        def finished() -> dict[str, Any] | None:
+            return machine.response() if machine.status in ("completed", "incomplete") else None
+
         done = await translate_stream(
-            request, config, answer, call, translator, extra_headers=dropped
+            request,
+            config,
+            answer,
+            call,
+            translator,
+            extra_headers=dropped,
+            before_end=lambda: keep(finished()),
         )
         final = machine.response() if machine.done else None
-        usage = _usage(final)
-        stored = final if machine.status in ("completed", "incomplete") else None
-        return done.reply, done.early, usage, stored
+        return done.reply, done.early, _usage(final)
     completion = await read_completion(config, answer)
     if isinstance(completion, bytes):
         reply, early = early_error(call, completion, answer.secrets)
-        return reply, early, None, None
+        return reply, early, None
     response = completion_to_response(
         chat, completion, response_id=response_id, created_at=created, ids=sequential_ids(seed)
     )
     data = mask(json.dumps(response, ensure_ascii=False).encode(), answer.secrets)
     call.outcome.answered(200, len(data))
     call.started()
-    reply = Reply(200, data, None, "application/json")
-    return reply, None, _usage(response), response
+    await keep(response)
+    return Reply(200, data, None, "application/json"), None, _usage(response)
 
 
 def _usage(response: dict[str, Any] | None) -> tuple[int, int] | None:
@@ -257,18 +276,27 @@ def _object(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+def _owner(request: Request) -> str:
+    """Whose stored responses a request may see: its client key's fingerprint, so no
+    client reads, continues or deletes another's conversation, even under an id an
+    upstream made and may reuse (a Responses account's ids are passed through). Taken
+    while the request's headers are at hand: a stream lets go of them."""
+    return fingerprint(client_key(request)) + ":"
+
+
 async def stored(request: Request) -> Reply:
     """``GET`` and ``DELETE /v1/responses/{id}``: a stored response, else a 404 in
     OpenAI's format."""
     response_id = request.path.removeprefix("/v1/responses/")
     conversations = request.app.runtime.conversations
-    record = await conversations.get(response_id)
+    owner = _owner(request)
+    record = await conversations.get(owner + response_id)
     if record is None:
         err = NotFound(f"Response with id '{response_id}' not found.")
         err.code = "response_not_found"
         raise err
     if request.method == "DELETE":
-        await conversations.delete(response_id)
+        await conversations.delete(owner + response_id)
         body: Any = {"id": response_id, "object": "response", "deleted": True}
     else:
         body = record["response"]
